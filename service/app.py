@@ -1,0 +1,195 @@
+"""The application factory: builds every part from explicit settings, no globals."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import time
+from collections.abc import AsyncIterator
+from concurrent.futures import ThreadPoolExecutor
+
+from aiohttp import web
+from sqlalchemy.ext.asyncio import async_sessionmaker
+
+from .auth import Authenticator
+from .clock import Clock, system_clock
+from .crypto import Sealer, decode_kek, load_or_create_dev_kek
+from .db import make_engine, sqlite_path
+from .errors import ConfigError, TokendError
+from .http import auth_routes, health, wellknown
+from .http.appkeys import AUTH, CLOCK, ENGINE, KEYRING, KEYSTORE, METRICS, REDIS, SETTINGS
+from .http.errors import error_middleware, header_size_middleware
+from .http.request import MAX_BODY
+from .keys import KeyRing, SqlKeyStore, ensure_signing_key
+from .metrics import Metrics
+from .passwords import PasswordHasher
+from .ratelimit import LoginLimiter
+from .redisconn import make_redis
+from .sessions import SessionStore
+from .settings import Settings
+from .tokens import TokenService
+from .users import SqlUserStore
+
+log = logging.getLogger("tokend")
+
+KEY_RELOAD_INTERVAL = 30.0
+
+
+def resolve_kek(settings: Settings) -> bytes:
+    """The key-encryption key: from the setting, or (SQLite only) a dev file beside the DB."""
+    if settings.key_encryption_key:
+        return decode_kek(settings.key_encryption_key)
+    path = sqlite_path(settings.database_url)
+    if not settings.is_sqlite:
+        raise ConfigError(
+            "TOKEND_KEY_ENCRYPTION_KEY: required with a non-SQLite database "
+            "(generate one: tokend keys kek)"
+        )
+    if path is None:  # in-memory SQLite: the keys die with the process anyway
+        return os.urandom(32)
+    text, created = load_or_create_dev_kek(path.with_name(path.name + ".kek"))
+    if created:
+        log.warning(
+            "TOKEND_KEY_ENCRYPTION_KEY not set: generated a development key in %s "
+            "(set the variable in production)",
+            path.with_name(path.name + ".kek"),
+        )
+    return decode_kek(text)
+
+
+@web.middleware
+async def metrics_middleware(request: web.Request, handler):  # type: ignore[no-untyped-def]
+    started = time.perf_counter()
+    status = 500
+    try:
+        response = await handler(request)
+        status = response.status
+        return response
+    finally:
+        resource = request.match_info.route.resource
+        route = resource.canonical if resource is not None else "unmatched"
+        request.app[METRICS].requests.labels(route, str(status)).observe(
+            time.perf_counter() - started
+        )
+
+
+def setup_database(app: web.Application, settings: Settings) -> None:
+    async def ctx(app: web.Application) -> AsyncIterator[None]:
+        engine = make_engine(settings.database_url)
+        app[ENGINE] = engine
+        yield
+        await engine.dispose()
+
+    app.cleanup_ctx.append(ctx)
+
+
+def setup_redis(app: web.Application, settings: Settings) -> None:
+    async def ctx(app: web.Application) -> AsyncIterator[None]:
+        client = make_redis(
+            settings.redis_url,
+            pool_size=settings.redis_pool_size,
+            pool_timeout=settings.redis_pool_timeout,
+        )
+        app[REDIS] = client
+        yield
+        await client.aclose()
+
+    app.cleanup_ctx.append(ctx)
+
+
+def setup_keys(app: web.Application, settings: Settings, kek: bytes) -> None:
+    """Load the signing keys (creating the first one) and reload them periodically."""
+
+    async def ctx(app: web.Application) -> AsyncIterator[None]:
+        store = SqlKeyStore(async_sessionmaker(app[ENGINE]), Sealer(kek))
+        ring = KeyRing(access_ttl=settings.access_ttl, leeway=settings.leeway)
+        await ensure_signing_key(store, ring, settings.signing_alg, app[CLOCK]())
+        app[KEYSTORE] = store
+        app[KEYRING] = ring
+        task = asyncio.create_task(_reload_keys(store, ring))
+        yield
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+    app.cleanup_ctx.append(ctx)
+
+
+async def _reload_keys(store: SqlKeyStore, ring: KeyRing) -> None:
+    while True:
+        await asyncio.sleep(KEY_RELOAD_INTERVAL)
+        try:
+            ring.replace(await store.load())
+        except TokendError as exc:
+            log.warning("key reload failed, keeping the current keys: %s", exc)
+
+
+def setup_auth(app: web.Application, settings: Settings) -> None:
+    """The authenticator and the executor that hashes passwords off the event loop."""
+
+    async def ctx(app: web.Application) -> AsyncIterator[None]:
+        executor = ThreadPoolExecutor(
+            max_workers=max(2, os.cpu_count() or 2), thread_name_prefix="argon2"
+        )
+        hasher = PasswordHasher(
+            time_cost=settings.argon2_time_cost,
+            memory_kib=settings.argon2_memory_kib,
+            parallelism=settings.argon2_parallelism,
+            executor=executor,
+        )
+        await hasher.warm_up()
+        redis = app[REDIS]
+        app[AUTH] = Authenticator(
+            users=SqlUserStore(async_sessionmaker(app[ENGINE], expire_on_commit=False)),
+            hasher=hasher,
+            limiter=LoginLimiter(
+                redis,
+                prefix=settings.redis_prefix,
+                per_user=settings.login_failures_per_user,
+                per_ip=settings.login_failures_per_ip,
+                window=settings.login_failure_window,
+            ),
+            sessions=SessionStore(
+                redis,
+                prefix=settings.redis_prefix,
+                access_ttl=settings.access_ttl,
+                leeway=settings.leeway,
+                idle_ttl=settings.refresh_idle_ttl,
+                absolute_ttl=settings.refresh_absolute_ttl,
+                grace=settings.refresh_reuse_grace,
+            ),
+            tokens=TokenService(
+                app[KEYRING],
+                issuer=settings.issuer,
+                audience=settings.audience,
+                access_ttl=settings.access_ttl,
+                leeway=settings.leeway,
+            ),
+            clock=app[CLOCK],
+        )
+        yield
+        executor.shutdown(wait=True, cancel_futures=True)
+
+    app.cleanup_ctx.append(ctx)
+
+
+def create_app(settings: Settings, *, clock: Clock = system_clock) -> web.Application:
+    """Build the tokend API application from settings."""
+    kek = resolve_kek(settings)
+    app = web.Application(
+        middlewares=[metrics_middleware, error_middleware, header_size_middleware],
+        client_max_size=MAX_BODY,
+    )
+    app[SETTINGS] = settings
+    app[CLOCK] = clock
+    app[METRICS] = Metrics()
+    setup_database(app, settings)
+    setup_redis(app, settings)
+    setup_keys(app, settings, kek)
+    setup_auth(app, settings)
+    app.router.add_routes(health.routes)
+    app.router.add_routes(wellknown.routes)
+    app.router.add_routes(auth_routes.routes)
+    return app

@@ -1,0 +1,192 @@
+"""The `tokend` command line: serve, work, dev, db, users, keys, events."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import dataclasses
+import getpass
+import json
+import logging
+import os
+import signal
+import sys
+from collections.abc import Mapping, Sequence
+
+from aiohttp import web
+from sqlalchemy.ext.asyncio import async_sessionmaker
+
+from . import migrate
+from .app import create_app, resolve_kek
+from .crypto import Sealer, generate_kek
+from .db import make_engine
+from .devredis import redis_for_dev
+from .errors import TokendError
+from .http.errors import TokendRunner
+from .keys import SqlKeyStore, rotate
+from .passwords import PasswordHasher, check_password_rules
+from .settings import Settings
+from .users import SqlUserStore, normalize_username
+
+log = logging.getLogger("tokend")
+
+
+async def serve(settings: Settings, *, with_workers: bool = False) -> None:
+    """Run the API (and optionally the workers) until SIGTERM or SIGINT."""
+    from workers.main import run_workers
+
+    runner = TokendRunner(create_app(settings), access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, settings.host, settings.port)
+    await site.start()
+    log.info("tokend listening on http://%s:%s", settings.host, settings.port)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        with contextlib.suppress(NotImplementedError, RuntimeError):
+            loop.add_signal_handler(sig, stop.set)
+    workers = asyncio.create_task(run_workers(settings)) if with_workers else None
+    try:
+        await stop.wait()
+    finally:
+        if workers is not None:
+            workers.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await workers
+        await runner.cleanup()
+
+
+async def add_user(settings: Settings, username: str, password: str) -> str:
+    """Create a user from the command line; its id."""
+    name = normalize_username(username)
+    check_password_rules(password, name)
+    engine = make_engine(settings.database_url)
+    try:
+        store = SqlUserStore(async_sessionmaker(engine, expire_on_commit=False))
+        hasher = PasswordHasher(
+            time_cost=settings.argon2_time_cost,
+            memory_kib=settings.argon2_memory_kib,
+            parallelism=settings.argon2_parallelism,
+        )
+        import time
+
+        user = await store.create(name, await hasher.hash(password), time.time())
+        return user.id
+    finally:
+        await engine.dispose()
+
+
+async def rotate_keys(settings: Settings) -> int | None:
+    """Force a rotation: the next key is published now and signs after the publish delay."""
+    import time
+
+    engine = make_engine(settings.database_url)
+    try:
+        store = SqlKeyStore(async_sessionmaker(engine), Sealer(resolve_kek(settings)))
+        return await rotate(store, settings.signing_alg, time.time(), settings.key_publish_delay)
+    finally:
+        await engine.dispose()
+
+
+async def tail_events(settings: Settings) -> None:
+    """Print revocation events as they arrive, one JSON line each."""
+    from .redisconn import make_redis
+
+    client = make_redis(settings.redis_url, pool_size=2, pool_timeout=5.0)
+    try:
+        async with client.pubsub() as pubsub:
+            await pubsub.subscribe(f"{settings.redis_prefix}:revocations")
+            async for message in pubsub.listen():
+                if message.get("type") == "message":
+                    print(message["data"], flush=True)
+    finally:
+        await client.aclose()
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="tokend", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    sub.add_parser("serve", help="run the API")
+    work = sub.add_parser("work", help="run the background workers")
+    work.add_argument(
+        "--check",
+        action="store_true",
+        help="exit non-zero when this host's worker heartbeat is stale",
+    )
+    sub.add_parser("dev", help="migrate, then run API and workers on embedded defaults")
+    db = sub.add_parser("db", help="database schema")
+    db.add_argument("action", choices=["upgrade"])
+    users = sub.add_parser("users", help="manage users")
+    users_sub = users.add_subparsers(dest="action", required=True)
+    add = users_sub.add_parser("add", help="create a user")
+    add.add_argument("username")
+    add.add_argument(
+        "--password-stdin", action="store_true", help="read the password from standard input"
+    )
+    keys = sub.add_parser("keys", help="signing keys")
+    keys.add_argument(
+        "action",
+        choices=["rotate", "kek"],
+        help="rotate: next signing key now; kek: print a new key-encryption key",
+    )
+    events = sub.add_parser("events", help="revocation events")
+    events.add_argument("action", choices=["tail"])
+    return parser
+
+
+def _settings(env: Mapping[str, str]) -> Settings:
+    return Settings.from_env(env)
+
+
+def run(argv: Sequence[str], env: Mapping[str, str]) -> int:
+    """Execute one command; the exit status."""
+    args = _parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    if args.command == "keys" and args.action == "kek":
+        print(generate_kek())
+        return 0
+    settings = _settings(env)
+    if args.command == "serve":
+        resolve_kek(settings)
+        asyncio.run(serve(settings))
+    elif args.command == "work":
+        from workers.main import check, run_workers
+
+        if args.check:
+            return 0 if asyncio.run(check(settings)) else 1
+        asyncio.run(run_workers(settings))
+    elif args.command == "dev":
+        resolve_kek(settings)
+        migrate.upgrade(settings.database_url)
+        with redis_for_dev(settings.redis_url) as url:
+            if url != settings.redis_url:
+                log.info("started a private redis-server at %s (stopped on exit)", url)
+            asyncio.run(serve(dataclasses.replace(settings, redis_url=url), with_workers=True))
+    elif args.command == "db":
+        migrate.upgrade(settings.database_url)
+        print("database is at the latest schema")
+    elif args.command == "users":
+        if args.password_stdin:
+            password = sys.stdin.readline().rstrip("\n")
+        else:
+            password = getpass.getpass("password: ")
+        print(asyncio.run(add_user(settings, args.username, password)))
+    elif args.command == "keys":
+        generation = asyncio.run(rotate_keys(settings))
+        print(json.dumps({"rotated": generation is not None, "generation": generation}))
+    elif args.command == "events":
+        with contextlib.suppress(KeyboardInterrupt):
+            asyncio.run(tail_events(settings))
+    return 0
+
+
+def main() -> None:
+    """Console entry point."""
+    try:
+        sys.exit(run(sys.argv[1:], os.environ))
+    except TokendError as exc:
+        print(f"tokend: {exc}", file=sys.stderr)
+        sys.exit(2)

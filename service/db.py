@@ -1,0 +1,70 @@
+"""Database engine lifecycle and error wrapping for the SQL stores."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+from sqlalchemy import event, text
+from sqlalchemy.exc import DBAPIError, IntegrityError, SQLAlchemyError
+from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker, create_async_engine
+from sqlalchemy.pool import NullPool
+
+from .errors import Conflict, Unavailable
+
+
+def make_engine(url: str, *, pool_size: int = 10) -> AsyncEngine:
+    """Create the async engine; SQLite gets WAL and a busy timeout for concurrent writers."""
+    if url.startswith("sqlite"):
+        engine = create_async_engine(url, poolclass=NullPool, connect_args={"timeout": 15})
+
+        @event.listens_for(engine.sync_engine, "connect")
+        def _pragmas(dbapi_conn, _record):  # type: ignore[no-untyped-def]
+            cur = dbapi_conn.cursor()
+            cur.execute("PRAGMA journal_mode=WAL")
+            cur.execute("PRAGMA foreign_keys=ON")
+            cur.close()
+
+        return engine
+    return create_async_engine(
+        url, pool_size=pool_size, max_overflow=pool_size, pool_timeout=5, pool_pre_ping=True
+    )
+
+
+def sqlite_path(url: str) -> Path | None:
+    """The file behind a SQLite URL, or None for other databases and in-memory SQLite."""
+    if not url.startswith("sqlite"):
+        return None
+    _, _, rest = url.partition(":///")
+    if not rest or rest.startswith(":memory:"):
+        return None
+    return Path(rest.split("?", 1)[0])
+
+
+@contextlib.contextmanager
+def db_errors() -> Iterator[None]:
+    """Wrap SQLAlchemy failures: integrity → Conflict, anything else → Unavailable."""
+    try:
+        yield
+    except IntegrityError as exc:
+        raise Conflict() from exc
+    except (TimeoutError, DBAPIError, SQLAlchemyError, OSError) as exc:
+        raise Unavailable("database unavailable") from exc
+
+
+async def ping(sessions: async_sessionmaker) -> None:  # type: ignore[type-arg]
+    """Raise Unavailable when the database does not answer."""
+    with db_errors():
+        async with sessions() as session:
+            await session.execute(text("SELECT 1"))
+
+
+@contextlib.asynccontextmanager
+async def engine_context(url: str) -> AsyncIterator[AsyncEngine]:
+    """An engine that is disposed on exit."""
+    engine = make_engine(url)
+    try:
+        yield engine
+    finally:
+        await engine.dispose()

@@ -1,0 +1,34 @@
+"""Typed application keys: everything shared lives under one of these."""
+
+from __future__ import annotations
+
+from typing import TypeVar
+
+from aiohttp import web
+from redis.asyncio import Redis
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from ..auth import Authenticator
+from ..clock import Clock
+from ..keys import KeyRing, SqlKeyStore
+from ..metrics import Metrics
+from ..settings import Settings
+
+SETTINGS = web.AppKey("settings", Settings)
+CLOCK = web.AppKey("clock", Clock)
+ENGINE = web.AppKey("engine", AsyncEngine)
+REDIS = web.AppKey("redis", Redis)
+KEYRING = web.AppKey("keyring", KeyRing)
+KEYSTORE = web.AppKey("keystore", SqlKeyStore)
+AUTH = web.AppKey("auth", Authenticator)
+METRICS = web.AppKey("metrics", Metrics)
+
+T = TypeVar("T")
+
+
+def get(app: web.Application, key: web.AppKey[T]) -> T:
+    """The object under ``key``, or a clear error naming the setup step that was skipped."""
+    try:
+        return app[key]
+    except KeyError:
+        raise RuntimeError(f"{key!r} is not set up: call its setup_* in create_app") from None

@@ -1,0 +1,164 @@
+"""/auth/*: register, login, refresh, me, logout, sessions, password."""
+
+from __future__ import annotations
+
+from aiohttp import web
+
+from ..auth import Principal, TokenPair
+from ..errors import BadRequest, NotFound, TokendError
+from .appkeys import AUTH, CLOCK, METRICS, SETTINGS
+from .request import bearer_token, client_info, json_body
+
+routes = web.RouteTableDef()
+
+NO_STORE = {"Cache-Control": "no-store", "Pragma": "no-cache"}
+
+
+def token_response(pair: TokenPair) -> web.Response:
+    """The token body, with the tokens also in the seed's response headers."""
+    headers = {
+        **NO_STORE,
+        "Authorization": f"Bearer {pair.access_token}",
+        "X-Refresh-Token": pair.refresh_token,
+    }
+    return web.json_response(pair.body(), headers=headers)
+
+
+async def authenticated(request: web.Request) -> Principal:
+    """The verified caller of a protected resource (RFC 6750 errors otherwise)."""
+    token = bearer_token(request)
+    assert token is not None
+    return await request.app[AUTH].authenticate(token)
+
+
+@routes.post("/auth/register")
+async def register(request: web.Request) -> web.Response:
+    body = await json_body(request)
+    user = await request.app[AUTH].register(body.get("username"), body.get("password"))
+    return web.json_response({"id": user.id, "username": user.username}, status=201)
+
+
+@routes.post("/auth/login")
+async def login(request: web.Request) -> web.Response:
+    body = await json_body(request)
+    settings = request.app[SETTINGS]
+    metrics = request.app[METRICS]
+    try:
+        pair = await request.app[AUTH].login(
+            body.get("username"),
+            body.get("password"),
+            client_info(request, trust_forwarded_for=settings.trust_forwarded_for),
+        )
+    except TokendError as exc:
+        metrics.logins.labels(type(exc).__name__).inc()
+        raise
+    metrics.logins.labels("ok").inc()
+    return token_response(pair)
+
+
+@routes.post("/auth/refresh")
+async def refresh(request: web.Request) -> web.Response:
+    header_token = bearer_token(request, required=False)
+    body = await json_body(request, optional=True) if request.body_exists else {}
+    body_token = body.get("refresh_token")
+    if header_token and body_token is not None:
+        raise BadRequest("refresh token sent both in the header and in the body")
+    token = header_token or body_token
+    if token is None:
+        raise BadRequest("missing refresh token (Authorization: Bearer <refresh token>)")
+    if not isinstance(token, str) or not token:
+        raise BadRequest("refresh_token must be a string")
+    settings = request.app[SETTINGS]
+    metrics = request.app[METRICS]
+    try:
+        pair = await request.app[AUTH].refresh(
+            token, client_info(request, trust_forwarded_for=settings.trust_forwarded_for)
+        )
+    except TokendError as exc:
+        metrics.refreshes.labels(type(exc).__name__).inc()
+        raise
+    metrics.refreshes.labels("ok").inc()
+    return token_response(pair)
+
+
+@routes.get("/auth/me")
+async def me(request: web.Request) -> web.Response:
+    principal = await authenticated(request)
+    return web.json_response(
+        {
+            "sub": principal.user.id,
+            "username": principal.user.username,
+            "sid": principal.sid,
+            "exp": principal.claims["exp"],
+        },
+        headers=NO_STORE,
+    )
+
+
+@routes.post("/auth/logout")
+async def logout(request: web.Request) -> web.Response:
+    principal = await authenticated(request)
+    await request.app[AUTH].logout(principal)
+    request.app[METRICS].revocations.labels("logout").inc()
+    return web.Response(status=204)
+
+
+@routes.post("/auth/logout-all")
+async def logout_all(request: web.Request) -> web.Response:
+    principal = await authenticated(request)
+    await request.app[AUTH].logout_all(principal)
+    request.app[METRICS].revocations.labels("logout_all").inc()
+    return web.Response(status=204)
+
+
+@routes.get("/auth/sessions")
+async def list_sessions(request: web.Request) -> web.Response:
+    principal = await authenticated(request)
+    auth = request.app[AUTH]
+    sessions = await auth.sessions.list_for_user(principal.user.id, request.app[CLOCK]())
+    return web.json_response(
+        {
+            "sessions": [
+                {
+                    "id": s.sid,
+                    "created": s.created,
+                    "last_used": s.last_used,
+                    "expires": min(s.idle_deadline, s.absolute_deadline),
+                    "user_agent": s.user_agent,
+                    "ip": s.ip,
+                    "client_id": s.client_id or None,
+                    "current": s.sid == principal.sid,
+                }
+                for s in sessions
+            ]
+        },
+        headers=NO_STORE,
+    )
+
+
+@routes.delete("/auth/sessions/{sid}")
+async def delete_session(request: web.Request) -> web.Response:
+    principal = await authenticated(request)
+    sid = request.match_info["sid"]
+    auth = request.app[AUTH]
+    revoked = await auth.sessions.revoke(
+        sid=sid,
+        now=request.app[CLOCK](),
+        reason="session_deleted",
+        owner=principal.user.id,
+        force=sid == principal.sid,
+    )
+    if not revoked:
+        raise NotFound("no such session")
+    request.app[METRICS].revocations.labels("session_deleted").inc()
+    return web.Response(status=204)
+
+
+@routes.post("/auth/password")
+async def change_password(request: web.Request) -> web.Response:
+    principal = await authenticated(request)
+    body = await json_body(request)
+    revoked = await request.app[AUTH].change_password(
+        principal, body.get("current_password"), body.get("new_password")
+    )
+    return web.json_response({"revoked_sessions": revoked}, headers=NO_STORE)

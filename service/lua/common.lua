@@ -1,0 +1,28 @@
+-- Shared helpers, prepended to every tokend script.
+-- Events go to the stream and the channel in the same script, so they are atomic with
+-- the state change that caused them.
+local function emit(stream, channel, retention, ev)
+  ev['v'] = 1
+  local t = redis.call('TIME')
+  local minid = (tonumber(t[1]) - tonumber(retention)) * 1000
+  local id = redis.call('XADD', stream, 'MINID', '~', tostring(minid), '*', 'event', cjson.encode(ev))
+  ev['id'] = id
+  redis.call('PUBLISH', channel, cjson.encode(ev))
+  return id
+end
+
+local function expire_at(key, deadline)
+  redis.call('EXPIREAT', key, math.ceil(tonumber(deadline)))
+end
+
+-- Revoke one session: drop its state, deny its access tokens until `untl`, publish.
+local function revoke_session(prefix, sid, uid, reason, now, untl, retention)
+  local tag = '{' .. sid .. '}'
+  redis.call('DEL', prefix .. ':s:' .. tag)
+  redis.call('SET', prefix .. ':ds:' .. tag, '1', 'EXAT', math.ceil(tonumber(untl)))
+  redis.call('ZREM', prefix .. ':u:' .. uid, sid)
+  return emit(prefix .. ':events', prefix .. ':revocations', retention, {
+    type = 'session.revoked', sub = uid, sid = sid, jti = cjson.null, reason = reason,
+    at = tonumber(now), ['until'] = tonumber(untl),
+  })
+end

@@ -1,0 +1,38 @@
+"""The Redis connection pool and the wrapping of redis-py errors."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+
+import redis.asyncio as aioredis
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import RedisError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from .errors import Unavailable
+
+
+def make_redis(url: str, *, pool_size: int, pool_timeout: float) -> aioredis.Redis:
+    """A client on a bounded, blocking pool: a burst waits up to ``pool_timeout`` for a slot."""
+    pool = aioredis.BlockingConnectionPool.from_url(
+        url,
+        max_connections=pool_size,
+        timeout=pool_timeout,
+        socket_connect_timeout=2,
+        socket_timeout=5,
+        health_check_interval=30,
+        decode_responses=True,
+    )
+    return aioredis.Redis(connection_pool=pool)
+
+
+@contextlib.contextmanager
+def redis_errors() -> Iterator[None]:
+    """Turn any redis-py failure (down, timeout, pool exhausted) into Unavailable."""
+    try:
+        yield
+    except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
+        raise Unavailable("session store unavailable") from exc
+    except RedisError as exc:
+        raise Unavailable("session store error") from exc

@@ -1,0 +1,285 @@
+"""Sessions and refresh-token state in Redis, changed only by atomic Lua scripts.
+
+Keys (``P`` is the prefix; one session's keys share the ``{sid}`` hash slot):
+
+    P:s:{sid}    hash: uid, cid, scope, created, last, idle, abs, cur, cur_iat, cur_exp,
+                 prev, prev_until, ua, ip (TTL follows the idle deadline)
+    P:ds:{sid}   the session's access tokens are denied (TTL: until they expire)
+    P:u:<uid>    zset of the user's sids scored by absolute deadline
+    P:du:<uid>   the user's access tokens issued before this time are denied
+    P:dj:<jti>   this access token is denied
+    P:events     stream of revocation events;  P:revocations  channel of the same
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from importlib import resources
+from typing import Any, cast
+
+import redis.asyncio as aioredis
+
+from .redisconn import redis_errors
+
+
+def _script(name: str) -> str:
+    lua = resources.files("service") / "lua"
+    return (lua / "common.lua").read_text() + "\n" + (lua / f"{name}.lua").read_text()
+
+
+@dataclass(frozen=True)
+class Rotation:
+    """What a refresh did: ``status`` is rotated, grace, reuse, expired or unknown."""
+
+    status: str
+    uid: str = ""
+    jti: str = ""
+    iat: int = 0
+    exp: int = 0
+    client_id: str = ""
+    scope: str = ""
+
+
+@dataclass(frozen=True)
+class SessionInfo:
+    sid: str
+    uid: str
+    client_id: str
+    created: float
+    last_used: float
+    idle_deadline: float
+    absolute_deadline: float
+    user_agent: str
+    ip: str
+
+
+class SessionStore:
+    """Refresh-token sessions, deny entries and revocation events in Redis."""
+
+    def __init__(
+        self,
+        redis: aioredis.Redis,
+        *,
+        prefix: str,
+        access_ttl: int,
+        leeway: int,
+        idle_ttl: int,
+        absolute_ttl: int,
+        grace: int,
+    ) -> None:
+        self.redis = redis
+        self.prefix = prefix
+        self.access_ttl = access_ttl
+        self.leeway = leeway
+        self.idle_ttl = idle_ttl
+        self.absolute_ttl = absolute_ttl
+        self.grace = grace
+        # The stream keeps every revocation that can still matter, plus a margin.
+        self.retention = access_ttl + leeway + 300
+        self._create = redis.register_script(_script("create"))
+        self._rotate = redis.register_script(_script("rotate"))
+        self._revoke = redis.register_script(_script("revoke"))
+        self._revoke_user = redis.register_script(_script("revoke_user"))
+        self._revoke_token = redis.register_script(_script("revoke_token"))
+
+    # key names
+    def session_key(self, sid: str) -> str:
+        return f"{self.prefix}:s:{{{sid}}}"
+
+    def deny_session_key(self, sid: str) -> str:
+        return f"{self.prefix}:ds:{{{sid}}}"
+
+    def user_index_key(self, uid: str) -> str:
+        return f"{self.prefix}:u:{uid}"
+
+    def deny_user_key(self, uid: str) -> str:
+        return f"{self.prefix}:du:{uid}"
+
+    def deny_token_key(self, jti: str) -> str:
+        return f"{self.prefix}:dj:{jti}"
+
+    @property
+    def events_key(self) -> str:
+        return f"{self.prefix}:events"
+
+    @property
+    def channel(self) -> str:
+        return f"{self.prefix}:revocations"
+
+    def deny_until(self, now: float) -> int:
+        """The last moment an access token issued up to ``now`` can still be accepted."""
+        return int(now) + self.access_ttl + self.leeway + 1
+
+    async def create(
+        self,
+        *,
+        sid: str,
+        uid: str,
+        jti: str,
+        now: float,
+        client_id: str = "",
+        scope: str = "",
+        user_agent: str = "",
+        ip: str = "",
+    ) -> tuple[int, int]:
+        """Record a new session whose current refresh token is ``jti``; (iat, exp) of it."""
+        iat = int(now)
+        absolute = iat + self.absolute_ttl
+        idle = min(iat + self.idle_ttl, absolute)
+        with redis_errors():
+            await self._create(
+                keys=[self.session_key(sid), self.user_index_key(uid)],
+                args=[
+                    sid,
+                    uid,
+                    client_id,
+                    scope,
+                    now,
+                    idle,
+                    absolute,
+                    jti,
+                    iat,
+                    user_agent[:256],
+                    ip,
+                ],
+            )
+        return iat, idle
+
+    async def rotate(
+        self, *, sid: str, jti: str, new_jti: str, now: float, user_agent: str = "", ip: str = ""
+    ) -> Rotation:
+        """Atomically rotate, replay within grace, or detect reuse (see rotate.lua)."""
+        with redis_errors():
+            result: list[Any] = await self._rotate(
+                keys=[self.session_key(sid)],
+                args=[
+                    self.prefix,
+                    sid,
+                    jti,
+                    now,
+                    new_jti,
+                    self.idle_ttl,
+                    self.grace,
+                    self.deny_until(now),
+                    self.retention,
+                    user_agent[:256],
+                    ip,
+                ],
+            )
+        status = result[0]
+        if status in ("rotated", "grace"):
+            return Rotation(
+                status,
+                result[1],
+                result[2],
+                int(result[3]),
+                int(result[4]),
+                result[5] or "",
+                result[6] or "",
+            )
+        return Rotation(status, result[1] if len(result) > 1 else "")
+
+    async def revoke(
+        self, *, sid: str, now: float, reason: str, owner: str = "", force: bool = False
+    ) -> bool:
+        """Revoke one session (only ``owner``'s when given); True when something was revoked."""
+        with redis_errors():
+            n = await self._revoke(
+                keys=[self.session_key(sid)],
+                args=[
+                    self.prefix,
+                    sid,
+                    owner,
+                    reason,
+                    now,
+                    self.deny_until(now),
+                    self.retention,
+                    "1" if force else "0",
+                ],
+            )
+        return bool(n)
+
+    async def revoke_user(self, *, uid: str, now: float, reason: str, keep_sid: str = "") -> int:
+        """Revoke all of a user's sessions, or all but ``keep_sid``; how many."""
+        with redis_errors():
+            n = await self._revoke_user(
+                keys=[self.user_index_key(uid), self.deny_user_key(uid)],
+                args=[
+                    self.prefix,
+                    uid,
+                    reason,
+                    now,
+                    self.deny_until(now),
+                    self.retention,
+                    keep_sid,
+                ],
+            )
+        return int(n)
+
+    async def revoke_access_token(
+        self, *, jti: str, sub: str, sid: str, exp: float, now: float, reason: str
+    ) -> bool:
+        """Deny one access token until its expiry; True on the first revocation."""
+        with redis_errors():
+            n = await self._revoke_token(
+                keys=[self.deny_token_key(jti)],
+                args=[
+                    self.prefix,
+                    jti,
+                    sub,
+                    sid,
+                    reason,
+                    now,
+                    int(exp) + self.leeway + 1,
+                    self.retention,
+                ],
+            )
+        return bool(n)
+
+    async def is_denied(self, *, sid: str, uid: str, jti: str, iat: float) -> bool:
+        """Whether an access token is revoked (its session, its user before iat, or itself)."""
+        with redis_errors():
+            ds, du, dj = await self.redis.mget(
+                self.deny_session_key(sid), self.deny_user_key(uid), self.deny_token_key(jti)
+            )
+        if ds is not None or dj is not None:
+            return True
+        # iat has whole seconds: a token from the revocation's own second counts as before it.
+        return du is not None and iat <= float(du)
+
+    async def get(self, sid: str) -> SessionInfo | None:
+        """One session's public state, or None when it has ended."""
+        with redis_errors():
+            fields = cast(dict[str, str], await self.redis.hgetall(self.session_key(sid)))
+        return _info(sid, fields) if fields else None
+
+    async def list_for_user(self, uid: str, now: float) -> list[SessionInfo]:
+        """The user's live sessions, newest first; index entries of ended sessions are pruned."""
+        index = self.user_index_key(uid)
+        with redis_errors():
+            await self.redis.zremrangebyscore(index, "-inf", now)
+            sids = cast(list[str], await self.redis.zrange(index, 0, -1))
+            async with self.redis.pipeline(transaction=False) as pipe:
+                for sid in sids:
+                    pipe.hgetall(self.session_key(sid))
+                rows: list[dict[str, str]] = await pipe.execute()
+            gone = [sid for sid, row in zip(sids, rows, strict=True) if not row]
+            if gone:
+                await self.redis.zrem(index, *gone)
+        infos = [_info(sid, row) for sid, row in zip(sids, rows, strict=True) if row]
+        live = [s for s in infos if s.idle_deadline > now and s.absolute_deadline > now]
+        return sorted(live, key=lambda s: s.created, reverse=True)
+
+
+def _info(sid: str, row: dict[str, str]) -> SessionInfo:
+    return SessionInfo(
+        sid=sid,
+        uid=row.get("uid", ""),
+        client_id=row.get("cid", ""),
+        created=float(row.get("created", 0)),
+        last_used=float(row.get("last", 0)),
+        idle_deadline=float(row.get("idle", 0)),
+        absolute_deadline=float(row.get("abs", 0)),
+        user_agent=row.get("ua", ""),
+        ip=row.get("ip", ""),
+    )

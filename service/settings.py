@@ -1,0 +1,302 @@
+"""Settings: one frozen object built once from the environment and passed down."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+from urllib.parse import urlsplit
+
+from .errors import ConfigError
+
+T = TypeVar("T")
+
+SIGNING_ALGS = ("EdDSA", "ES256", "RS256")
+
+
+@dataclass(frozen=True)
+class OAuthClient:
+    """A registered OAuth client; ``secret`` is None for a public client."""
+
+    client_id: str
+    secret: str | None = None
+
+    @property
+    def confidential(self) -> bool:
+        return self.secret is not None
+
+
+@dataclass(frozen=True)
+class OIDCProvider:
+    """An external OpenID Connect provider used for social login."""
+
+    name: str
+    issuer: str
+    client_id: str
+    client_secret: str
+    scopes: str = "openid profile email"
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Every tunable of tokend; see the README's settings table."""
+
+    host: str = "127.0.0.1"
+    port: int = 8080
+    redis_url: str = "redis://127.0.0.1:6379/0"
+    redis_prefix: str = "tokend"
+    redis_pool_size: int = 64
+    redis_pool_timeout: float = 2.0
+    database_url: str = "sqlite+aiosqlite:///./tokend.db"
+    issuer: str = "http://127.0.0.1:8080"
+    audience: str = "tokend"
+    access_ttl: int = 900
+    refresh_idle_ttl: int = 1_209_600
+    refresh_absolute_ttl: int = 7_776_000
+    refresh_reuse_grace: int = 10
+    signing_alg: str = "EdDSA"
+    leeway: int = 30
+    login_failures_per_user: int = 10
+    login_failures_per_ip: int = 100
+    login_failure_window: int = 900
+    key_encryption_key: str | None = None
+    argon2_time_cost: int = 2
+    argon2_memory_kib: int = 19_456
+    argon2_parallelism: int = 1
+    key_rotation_period: int = 30 * 86_400
+    key_publish_delay: int = 900
+    trust_forwarded_for: bool = False
+    oauth_clients: Mapping[str, OAuthClient] = field(default_factory=dict)
+    oidc_providers: Mapping[str, OIDCProvider] = field(default_factory=dict)
+    oidc_return_to: tuple[str, ...] = ()
+
+    @property
+    def is_sqlite(self) -> bool:
+        return self.database_url.startswith("sqlite")
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str]) -> Settings:
+        """Build settings from an environment mapping; raise ConfigError naming the variable."""
+        r = _Reader(env)
+        settings = cls(
+            host=r.get("TOKEND_HOST", cls.host, str),
+            port=r.get("TOKEND_PORT", cls.port, _port),
+            redis_url=r.get("TOKEND_REDIS_URL", cls.redis_url, _redis_url),
+            redis_prefix=r.get("TOKEND_REDIS_PREFIX", cls.redis_prefix, _prefix),
+            redis_pool_size=r.get("TOKEND_REDIS_POOL_SIZE", cls.redis_pool_size, _positive),
+            redis_pool_timeout=r.get(
+                "TOKEND_REDIS_POOL_TIMEOUT", cls.redis_pool_timeout, _positive_float
+            ),
+            database_url=r.get("TOKEND_DATABASE_URL", cls.database_url, _database_url),
+            issuer=r.get("TOKEND_ISSUER", cls.issuer, _http_url),
+            audience=r.get("TOKEND_AUDIENCE", cls.audience, _nonempty),
+            access_ttl=r.get("TOKEND_ACCESS_TTL", cls.access_ttl, _positive),
+            refresh_idle_ttl=r.get("TOKEND_REFRESH_IDLE_TTL", cls.refresh_idle_ttl, _positive),
+            refresh_absolute_ttl=r.get(
+                "TOKEND_REFRESH_ABSOLUTE_TTL", cls.refresh_absolute_ttl, _positive
+            ),
+            refresh_reuse_grace=r.get(
+                "TOKEND_REFRESH_REUSE_GRACE", cls.refresh_reuse_grace, _non_negative
+            ),
+            signing_alg=r.get("TOKEND_SIGNING_ALG", cls.signing_alg, _alg),
+            leeway=r.get("TOKEND_LEEWAY", cls.leeway, _non_negative),
+            login_failures_per_user=r.get(
+                "TOKEND_LOGIN_FAILURES_PER_USER", cls.login_failures_per_user, _positive
+            ),
+            login_failures_per_ip=r.get(
+                "TOKEND_LOGIN_FAILURES_PER_IP", cls.login_failures_per_ip, _positive
+            ),
+            login_failure_window=r.get(
+                "TOKEND_LOGIN_FAILURE_WINDOW", cls.login_failure_window, _positive
+            ),
+            key_encryption_key=r.get("TOKEND_KEY_ENCRYPTION_KEY", None, _kek),
+            argon2_time_cost=r.get("TOKEND_ARGON2_TIME_COST", cls.argon2_time_cost, _positive),
+            argon2_memory_kib=r.get(
+                "TOKEND_ARGON2_MEMORY_KIB", cls.argon2_memory_kib, _argon2_memory
+            ),
+            argon2_parallelism=r.get(
+                "TOKEND_ARGON2_PARALLELISM", cls.argon2_parallelism, _positive
+            ),
+            key_rotation_period=r.get(
+                "TOKEND_KEY_ROTATION_PERIOD", cls.key_rotation_period, _positive
+            ),
+            key_publish_delay=r.get(
+                "TOKEND_KEY_PUBLISH_DELAY", cls.key_publish_delay, _non_negative
+            ),
+            trust_forwarded_for=r.get("TOKEND_TRUST_FORWARDED_FOR", False, _bool),
+            oauth_clients=r.get("TOKEND_OAUTH_CLIENTS", {}, _oauth_clients),
+            oidc_providers=r.get("TOKEND_OIDC_PROVIDERS", {}, _oidc_providers),
+            oidc_return_to=r.get("TOKEND_OIDC_RETURN_TO", (), _url_list),
+        )
+        if settings.refresh_idle_ttl > settings.refresh_absolute_ttl:
+            raise ConfigError(
+                "TOKEND_REFRESH_IDLE_TTL: must not exceed TOKEND_REFRESH_ABSOLUTE_TTL"
+            )
+        if settings.refresh_reuse_grace >= settings.refresh_idle_ttl:
+            raise ConfigError("TOKEND_REFRESH_REUSE_GRACE: must be below TOKEND_REFRESH_IDLE_TTL")
+        return settings
+
+
+class _Reader:
+    def __init__(self, env: Mapping[str, str]) -> None:
+        self.env = env
+
+    def get(self, name: str, default: T, parse: Callable[[str], T]) -> T:
+        raw = self.env.get(name)
+        if raw is None or raw.strip() == "":
+            return default
+        try:
+            return parse(raw.strip())
+        except (ValueError, TypeError, KeyError) as exc:
+            raise ConfigError(f"{name}: {exc}") from None
+
+
+def _int(raw: str) -> int:
+    try:
+        return int(raw)
+    except ValueError:
+        raise ValueError(f"expected an integer, got {raw!r}") from None
+
+
+def _positive(raw: str) -> int:
+    value = _int(raw)
+    if value <= 0:
+        raise ValueError(f"must be a positive integer, got {raw!r}")
+    return value
+
+
+def _non_negative(raw: str) -> int:
+    value = _int(raw)
+    if value < 0:
+        raise ValueError(f"must be zero or more, got {raw!r}")
+    return value
+
+
+def _positive_float(raw: str) -> float:
+    try:
+        value = float(raw)
+    except ValueError:
+        raise ValueError(f"expected a number, got {raw!r}") from None
+    if not value > 0:
+        raise ValueError(f"must be positive, got {raw!r}")
+    return value
+
+
+def _port(raw: str) -> int:
+    value = _int(raw)
+    if not 0 <= value <= 65535:
+        raise ValueError(f"must be a TCP port (0-65535), got {raw!r}")
+    return value
+
+
+def _bool(raw: str) -> bool:
+    lowered = raw.lower()
+    if lowered in ("1", "true", "yes", "on"):
+        return True
+    if lowered in ("0", "false", "no", "off"):
+        return False
+    raise ValueError(f"expected true or false, got {raw!r}")
+
+
+def _nonempty(raw: str) -> str:
+    return raw
+
+
+def _prefix(raw: str) -> str:
+    if any(c in raw for c in " {}*?[]\n"):
+        raise ValueError(f"must not contain spaces, braces or glob characters, got {raw!r}")
+    return raw
+
+
+def _redis_url(raw: str) -> str:
+    if urlsplit(raw).scheme not in ("redis", "rediss", "unix"):
+        raise ValueError(f"expected a redis://, rediss:// or unix:// URL, got {raw!r}")
+    return raw
+
+
+def _database_url(raw: str) -> str:
+    scheme = urlsplit(raw).scheme
+    if scheme not in ("sqlite+aiosqlite", "postgresql+asyncpg"):
+        raise ValueError(
+            f"expected sqlite+aiosqlite:// or postgresql+asyncpg://, got scheme {scheme!r}"
+        )
+    return raw
+
+
+def _http_url(raw: str) -> str:
+    parts = urlsplit(raw)
+    if parts.scheme not in ("http", "https") or not parts.netloc:
+        raise ValueError(f"expected an http(s) URL, got {raw!r}")
+    return raw.rstrip("/")
+
+
+def _alg(raw: str) -> str:
+    if raw not in SIGNING_ALGS:
+        raise ValueError(f"must be one of {', '.join(SIGNING_ALGS)}, got {raw!r}")
+    return raw
+
+
+def _argon2_memory(raw: str) -> int:
+    value = _positive(raw)
+    if value < 8:
+        raise ValueError(f"must be at least 8 KiB, got {raw!r}")
+    return value
+
+
+def _kek(raw: str) -> str:
+    from .crypto import decode_kek  # local: avoid a cycle at import time
+
+    decode_kek(raw)
+    return raw
+
+
+def _json_object(raw: str) -> dict[str, Any]:
+    try:
+        value = json.loads(raw)
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"invalid JSON ({exc.msg} at position {exc.pos})") from None
+    if not isinstance(value, dict):
+        raise ValueError("expected a JSON object")
+    return value
+
+
+def _oauth_clients(raw: str) -> dict[str, OAuthClient]:
+    clients: dict[str, OAuthClient] = {}
+    for client_id, spec in _json_object(raw).items():
+        if not isinstance(spec, dict):
+            raise ValueError(f"client {client_id!r}: expected an object")
+        secret = spec.get("secret")
+        if secret is not None and (not isinstance(secret, str) or not secret):
+            raise ValueError(f"client {client_id!r}: secret must be a non-empty string")
+        clients[client_id] = OAuthClient(client_id=client_id, secret=secret)
+    return clients
+
+
+def _oidc_providers(raw: str) -> dict[str, OIDCProvider]:
+    providers: dict[str, OIDCProvider] = {}
+    for name, spec in _json_object(raw).items():
+        if not isinstance(spec, dict):
+            raise ValueError(f"provider {name!r}: expected an object")
+        missing = [k for k in ("issuer", "client_id", "client_secret") if not spec.get(k)]
+        if missing:
+            raise ValueError(f"provider {name!r}: missing {', '.join(missing)}")
+        try:
+            issuer = _http_url(str(spec["issuer"]))
+        except ValueError as exc:
+            raise ValueError(f"provider {name!r}: issuer {exc}") from None
+        providers[name] = OIDCProvider(
+            name=name,
+            issuer=issuer,
+            client_id=str(spec["client_id"]),
+            client_secret=str(spec["client_secret"]),
+            scopes=str(spec.get("scopes") or "openid profile email"),
+        )
+    return providers
+
+
+def _url_list(raw: str) -> tuple[str, ...]:
+    urls = tuple(u.strip() for u in raw.split(",") if u.strip())
+    for url in urls:
+        _http_url(url)
+    return urls

@@ -1,0 +1,149 @@
+"""Shared fixtures: real Redis and databases, one clean key prefix and database per test."""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import pytest
+import redis.asyncio as aioredis
+from aiohttp.test_utils import TestClient
+
+from service.app import create_app
+from service.clock import Clock, FrozenClock, system_clock
+from service.migrate import upgrade_async
+from service.settings import Settings
+from tests.helpers import TokendTestServer
+
+REDIS_URL = os.environ.get("TOKEND_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
+POSTGRES_URL = os.environ.get(
+    "TOKEND_TEST_POSTGRES_URL", "postgresql+asyncpg://postgres@127.0.0.1:5432/test"
+)
+TEST_KEK = "q1k3vY3fz7H2m8y6mE0bY1cX8sQv0nq2b2QWm8mX0kU="
+# Cheap argon2 for tests that do not measure hashing itself.
+FAST_ARGON2 = {
+    "TOKEND_ARGON2_TIME_COST": "1",
+    "TOKEND_ARGON2_MEMORY_KIB": "1024",
+    "TOKEND_ARGON2_PARALLELISM": "1",
+}
+
+
+def _pg_dsn(url: str) -> str:
+    return url.replace("postgresql+asyncpg://", "postgresql://")
+
+
+@pytest.fixture
+async def redis_prefix() -> AsyncIterator[str]:
+    """A key prefix of this test's own; its keys are deleted afterwards."""
+    prefix = f"tokend-test-{uuid.uuid4().hex[:12]}"
+    yield prefix
+    client = aioredis.Redis.from_url(REDIS_URL)
+    try:
+        keys = [k async for k in client.scan_iter(match=f"{prefix}:*", count=1000)]
+        if keys:
+            await client.delete(*keys)
+    finally:
+        await client.aclose()
+
+
+@pytest.fixture
+async def redis_client() -> AsyncIterator[aioredis.Redis]:
+    client = aioredis.Redis.from_url(REDIS_URL, decode_responses=True)
+    yield client
+    await client.aclose()
+
+
+async def make_postgres_database() -> str:
+    name = f"tokend_t_{uuid.uuid4().hex[:12]}"
+    conn = await asyncpg.connect(_pg_dsn(POSTGRES_URL))
+    try:
+        await conn.execute(f'CREATE DATABASE "{name}"')
+    finally:
+        await conn.close()
+    base, _, _ = POSTGRES_URL.rpartition("/")
+    return f"{base}/{name}"
+
+
+async def drop_postgres_database(url: str) -> None:
+    name = url.rpartition("/")[2]
+    conn = await asyncpg.connect(_pg_dsn(POSTGRES_URL))
+    try:
+        await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    finally:
+        await conn.close()
+
+
+@pytest.fixture
+def sqlite_url(tmp_path: Path) -> str:
+    return f"sqlite+aiosqlite:///{tmp_path / 'tokend.db'}"
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+async def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[str]:
+    """A migrated, empty database: SQLite file or a fresh PostgreSQL database."""
+    if request.param == "sqlite":
+        url = f"sqlite+aiosqlite:///{tmp_path / 'tokend.db'}"
+        await upgrade_async(url)
+        yield url
+        return
+    url = await make_postgres_database()
+    try:
+        await upgrade_async(url)
+        yield url
+    finally:
+        await drop_postgres_database(url)
+
+
+@pytest.fixture
+async def migrated_sqlite(sqlite_url: str) -> str:
+    await upgrade_async(sqlite_url)
+    return sqlite_url
+
+
+@pytest.fixture
+def make_settings(redis_prefix: str, migrated_sqlite: str) -> Callable[..., Settings]:
+    """Settings for a test: own Redis prefix, migrated SQLite file, fast argon2."""
+
+    def make(**env: str) -> Settings:
+        base = {
+            "TOKEND_REDIS_URL": REDIS_URL,
+            "TOKEND_REDIS_PREFIX": redis_prefix,
+            "TOKEND_DATABASE_URL": migrated_sqlite,
+            "TOKEND_KEY_ENCRYPTION_KEY": TEST_KEK,
+            **FAST_ARGON2,
+        }
+        base.update(env)
+        return Settings.from_env(base)
+
+    return make
+
+
+ClientFactory = Callable[..., Awaitable[TestClient[Any, Any]]]
+
+
+@pytest.fixture
+def make_client(aiohttp_client: Any, make_settings: Callable[..., Settings]) -> ClientFactory:
+    """Start tokend on a real socket: ``await make_client(clock=..., **env)``."""
+
+    async def make(
+        settings: Settings | None = None, clock: Clock = system_clock, **env: str
+    ) -> TestClient[Any, Any]:
+        app = create_app(settings or make_settings(**env), clock=clock)
+        client: TestClient[Any, Any] = await aiohttp_client(TokendTestServer(app))
+        return client
+
+    return make
+
+
+@pytest.fixture
+async def client(make_client: ClientFactory) -> TestClient[Any, Any]:
+    return await make_client()
+
+
+@pytest.fixture
+def clock() -> FrozenClock:
+    return FrozenClock()

@@ -1,0 +1,60 @@
+"""Test helpers: a test server with tokend's runner, users and logins over HTTP."""
+
+from __future__ import annotations
+
+import base64
+import json
+from typing import Any
+
+from aiohttp import web
+from aiohttp.test_utils import TestClient, TestServer
+
+from service.http.errors import TokendRunner
+
+PASSWORD = "correct horse battery"
+
+
+class TokendTestServer(TestServer):
+    """aiohttp's TestServer, but with the runner tokend uses in production."""
+
+    async def _make_runner(self, **kwargs: Any) -> web.BaseRunner:
+        return TokendRunner(self.app, **kwargs)
+
+
+async def register(
+    client: TestClient[Any, Any], username: str, password: str = PASSWORD
+) -> dict[str, Any]:
+    resp = await client.post("/auth/register", json={"username": username, "password": password})
+    assert resp.status == 201, await resp.text()
+    body: dict[str, Any] = await resp.json()
+    return body
+
+
+async def login(
+    client: TestClient[Any, Any], username: str, password: str = PASSWORD
+) -> dict[str, Any]:
+    resp = await client.post("/auth/login", json={"username": username, "password": password})
+    assert resp.status == 200, await resp.text()
+    body: dict[str, Any] = await resp.json()
+    return body
+
+
+async def register_and_login(
+    client: TestClient[Any, Any], username: str = "alice"
+) -> dict[str, Any]:
+    await register(client, username)
+    return await login(client, username)
+
+
+def bearer(token: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token}"}
+
+
+def unverified(token: str) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(header, claims) of a JWT without verifying it."""
+    head, payload, _ = token.split(".")
+    pad = lambda s: s + "=" * (-len(s) % 4)  # noqa: E731
+    return (
+        json.loads(base64.urlsafe_b64decode(pad(head))),
+        json.loads(base64.urlsafe_b64decode(pad(payload))),
+    )

@@ -1,0 +1,1 @@
+"""tokend's background workers: run by `tokend work` (or inside `tokend dev`)."""
