@@ -171,6 +171,10 @@ class Authenticator:
         """Rotate a refresh token: a new pair, the grace replay, or reuse detection."""
         now = self.clock()
         claims = self.tokens.verify_refresh(refresh_token, now)
+        if claims.get("client_id", "") != client.client_id:
+            # RFC 6749 section 6: only the client the token was issued to may use it;
+            # tokens from /auth/login belong to no client and refresh at /auth/refresh.
+            raise InvalidToken("refresh token was issued to another client")
         rotation = await self.sessions.rotate(
             sid=claims["sid"],
             jti=claims["jti"],

@@ -21,6 +21,8 @@ MAX_PASSWORD = 1024
 
 def check_password_rules(password: object, username: str | None = None) -> str:
     """Return the password if it meets the rules, else raise ValidationFailed."""
+    if password is None:
+        raise ValidationFailed("password is required")
     if not isinstance(password, str):
         raise ValidationFailed("password must be a string")
     if len(password) < MIN_PASSWORD:

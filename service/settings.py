@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from types import MappingProxyType
 from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
@@ -125,8 +126,9 @@ class Settings:
                 "TOKEND_KEY_PUBLISH_DELAY", cls.key_publish_delay, _non_negative
             ),
             trust_forwarded_for=r.get("TOKEND_TRUST_FORWARDED_FOR", False, _bool),
-            oauth_clients=r.get("TOKEND_OAUTH_CLIENTS", {}, _oauth_clients),
-            oidc_providers=r.get("TOKEND_OIDC_PROVIDERS", {}, _oidc_providers),
+            # Read-only views: a frozen Settings must not be changeable through its mappings.
+            oauth_clients=MappingProxyType(r.get("TOKEND_OAUTH_CLIENTS", {}, _oauth_clients)),
+            oidc_providers=MappingProxyType(r.get("TOKEND_OIDC_PROVIDERS", {}, _oidc_providers)),
             oidc_return_to=r.get("TOKEND_OIDC_RETURN_TO", (), _url_list),
         )
         if settings.refresh_idle_ttl > settings.refresh_absolute_ttl:

@@ -31,6 +31,8 @@ class User:
 
 def normalize_username(raw: object) -> str:
     """Case-fold and check a username; raise ValidationFailed with the rule it breaks."""
+    if raw is None:
+        raise ValidationFailed("username is required")
     if not isinstance(raw, str):
         raise ValidationFailed("username must be a string")
     if len(raw) > 64:
@@ -78,25 +80,28 @@ class SqlUserStore:
             created_at=now,
             password_changed_at=now if password_hash else None,
         )
+        # Built before the commit, which expires the row's attributes under the default
+        # sessionmaker (reading them afterwards would need I/O outside the session).
+        user = _user(row)
         try:
             with db_errors():
                 async with self._sessions() as session, session.begin():
                     session.add(row)
         except Conflict:
             raise Conflict("username already taken") from None
-        return _user(row)
+        return user
 
     async def by_username(self, username: str) -> User | None:
         with db_errors():
             async with self._sessions() as session:
                 row = await session.scalar(select(UserRow).where(UserRow.username == username))
-        return _user(row) if row is not None else None
+                return _user(row) if row is not None else None
 
     async def by_id(self, user_id: str) -> User | None:
         with db_errors():
             async with self._sessions() as session:
                 row = await session.get(UserRow, user_id)
-        return _user(row) if row is not None else None
+                return _user(row) if row is not None else None
 
     async def set_password(self, user_id: str, password_hash: str, now: float) -> None:
         with db_errors():

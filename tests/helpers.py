@@ -58,3 +58,53 @@ def unverified(token: str) -> tuple[dict[str, Any], dict[str, Any]]:
         json.loads(base64.urlsafe_b64decode(pad(head))),
         json.loads(base64.urlsafe_b64decode(pad(payload))),
     )
+
+
+class PrivateRedis:
+    """A redis-server of the test's own on a free port, to kill and restart at will."""
+
+    def __init__(self, tmpdir: str) -> None:
+        from service.devredis import free_port
+
+        self.port = free_port()
+        self.tmpdir = tmpdir
+        self.proc: Any = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self) -> None:
+        import subprocess
+        import time
+
+        from service.devredis import answers
+
+        self.proc = subprocess.Popen(
+            [
+                "redis-server",
+                "--port",
+                str(self.port),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--dir",
+                self.tmpdir,
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        deadline = time.monotonic() + 10
+        while not answers(self.url, timeout=0.2):
+            assert time.monotonic() < deadline, "redis-server did not start"
+            time.sleep(0.02)
+
+    def kill(self) -> None:
+        import signal
+
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGKILL)
+            self.proc.wait()

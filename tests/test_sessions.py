@@ -1,0 +1,143 @@
+"""Sessions: listing, deleting, logout, logout-all and password change, with deny at once."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from service.http.appkeys import SETTINGS
+from tests.helpers import PASSWORD, bearer, login, register, register_and_login, unverified
+
+
+async def me_status(client: Any, access: str) -> int:
+    return (await client.get("/auth/me", headers=bearer(access))).status
+
+
+async def events(client: Any, redis_client: Any) -> list[dict[str, Any]]:
+    prefix = client.app[SETTINGS].redis_prefix
+    return [json.loads(f["event"]) for _, f in await redis_client.xrange(f"{prefix}:events")]
+
+
+async def test_list_sessions_marks_the_current_one(client) -> None:
+    await register(client, "alice")
+    first = await login(client, "alice")
+    resp = await client.post(
+        "/auth/login",
+        json={"username": "alice", "password": PASSWORD},
+        headers={"User-Agent": "phone/1.0"},
+    )
+    second = await resp.json()
+    resp = await client.get("/auth/sessions", headers=bearer(second["access_token"]))
+    assert resp.status == 200
+    sessions = (await resp.json())["sessions"]
+    assert len(sessions) == 2
+    by_id = {s["id"]: s for s in sessions}
+    sid1 = unverified(first["access_token"])[1]["sid"]
+    sid2 = unverified(second["access_token"])[1]["sid"]
+    assert by_id[sid2]["current"] is True and by_id[sid1]["current"] is False
+    assert by_id[sid2]["user_agent"] == "phone/1.0"
+    assert by_id[sid2]["ip"] == "127.0.0.1"
+    assert {"created", "last_used", "expires"} <= by_id[sid1].keys()
+
+
+async def test_delete_own_session_denies_its_tokens_at_once(client, redis_client) -> None:
+    await register(client, "alice")
+    first = await login(client, "alice")
+    second = await login(client, "alice")
+    sid1 = unverified(first["access_token"])[1]["sid"]
+    resp = await client.delete(f"/auth/sessions/{sid1}", headers=bearer(second["access_token"]))
+    assert resp.status == 204
+    assert await me_status(client, first["access_token"]) == 401
+    assert await me_status(client, second["access_token"]) == 200
+    resp = await client.post("/auth/refresh", headers=bearer(first["refresh_token"]))
+    assert resp.status == 401
+    evs = await events(client, redis_client)
+    assert [(e["type"], e["sid"], e["reason"]) for e in evs] == [
+        ("session.revoked", sid1, "session_deleted")
+    ]
+    assert evs[0]["until"] > evs[0]["at"]
+
+
+async def test_another_users_session_is_404(client) -> None:
+    alice = await register_and_login(client, "alice")
+    bob = await register_and_login(client, "bobby")
+    bob_sid = unverified(bob["access_token"])[1]["sid"]
+    resp = await client.delete(f"/auth/sessions/{bob_sid}", headers=bearer(alice["access_token"]))
+    assert resp.status == 404
+    assert (await resp.json())["error"] == "not_found"
+    assert await me_status(client, bob["access_token"]) == 200
+    resp = await client.delete("/auth/sessions/nope", headers=bearer(alice["access_token"]))
+    assert resp.status == 404
+
+
+async def test_logout_revokes_the_session(client) -> None:
+    tokens = await register_and_login(client)
+    resp = await client.post("/auth/logout", headers=bearer(tokens["access_token"]))
+    assert resp.status == 204
+    assert await me_status(client, tokens["access_token"]) == 401
+    resp = await client.post("/auth/refresh", headers=bearer(tokens["refresh_token"]))
+    assert resp.status == 401
+
+
+async def test_logout_all_revokes_every_session(client, redis_client) -> None:
+    await register(client, "alice")
+    logins = [await login(client, "alice") for _ in range(3)]
+    other = await register_and_login(client, "bobby")
+    resp = await client.post("/auth/logout-all", headers=bearer(logins[0]["access_token"]))
+    assert resp.status == 204
+    for t in logins:
+        assert await me_status(client, t["access_token"]) == 401
+        assert (
+            await client.post("/auth/refresh", headers=bearer(t["refresh_token"]))
+        ).status == 401
+    assert await me_status(client, other["access_token"]) == 200
+    evs = await events(client, redis_client)
+    assert [e["type"] for e in evs] == ["user.revoked"]
+    assert evs[0]["sub"] == unverified(logins[0]["access_token"])[1]["sub"]
+
+
+async def test_password_change_revokes_other_sessions(client) -> None:
+    await register(client, "alice")
+    keep = await login(client, "alice")
+    other = await login(client, "alice")
+    resp = await client.post(
+        "/auth/password",
+        json={"current_password": PASSWORD, "new_password": "a brand new secret"},
+        headers=bearer(keep["access_token"]),
+    )
+    assert resp.status == 200
+    assert (await resp.json())["revoked_sessions"] == 1
+    assert await me_status(client, keep["access_token"]) == 200
+    assert await me_status(client, other["access_token"]) == 401
+    resp = await client.post("/auth/login", json={"username": "alice", "password": PASSWORD})
+    assert resp.status == 401
+    await login(client, "alice", "a brand new secret")
+
+
+async def test_password_change_needs_the_current_password(client) -> None:
+    tokens = await register_and_login(client)
+    resp = await client.post(
+        "/auth/password",
+        json={"current_password": "wrong password", "new_password": "a brand new secret"},
+        headers=bearer(tokens["access_token"]),
+    )
+    assert resp.status == 401
+    resp = await client.post(
+        "/auth/password",
+        json={"current_password": PASSWORD, "new_password": "short"},
+        headers=bearer(tokens["access_token"]),
+    )
+    assert resp.status == 400
+
+
+async def test_sessions_endpoints_need_a_token(client) -> None:
+    for method, path in [
+        ("GET", "/auth/sessions"),
+        ("DELETE", "/auth/sessions/x"),
+        ("POST", "/auth/logout"),
+        ("POST", "/auth/logout-all"),
+        ("POST", "/auth/password"),
+    ]:
+        resp = await client.request(method, path)
+        assert resp.status == 401, path
+        assert resp.headers["WWW-Authenticate"] == 'Bearer realm="tokend"'

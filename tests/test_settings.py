@@ -1,0 +1,177 @@
+"""Settings: DESIGN.md's defaults, one clear ConfigError per bad value, a frozen object."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from service.crypto import generate_kek
+from service.errors import ConfigError
+from service.settings import Settings
+
+ROOT = Path(__file__).resolve().parent.parent
+TOKEND = Path(sys.executable).with_name("tokend")
+
+
+def test_defaults_match_the_design_table() -> None:
+    s = Settings.from_env({})
+    assert (s.host, s.port) == ("127.0.0.1", 8080)
+    assert s.redis_url == "redis://127.0.0.1:6379/0"
+    assert s.redis_prefix == "tokend"
+    assert s.database_url == "sqlite+aiosqlite:///./tokend.db"
+    assert s.issuer == "http://127.0.0.1:8080"
+    assert s.audience == "tokend"
+    assert s.access_ttl == 900
+    assert s.refresh_idle_ttl == 1_209_600
+    assert s.refresh_absolute_ttl == 7_776_000
+    assert s.refresh_reuse_grace == 10
+    assert s.signing_alg == "EdDSA"
+    assert s.login_failures_per_user == 10
+    assert s.login_failures_per_ip == 100
+    assert s.login_failure_window == 900
+    assert s.key_encryption_key is None  # dev: a generated file beside the SQLite database
+    assert dict(s.oauth_clients) == {}
+    assert dict(s.oidc_providers) == {}
+    assert s.oidc_return_to == ()
+    # The OWASP argon2id parameters FIELD-NOTES.md suggests, as settings.
+    assert (s.argon2_time_cost, s.argon2_memory_kib, s.argon2_parallelism) == (2, 19_456, 1)
+
+
+def test_empty_values_mean_the_default() -> None:
+    assert Settings.from_env({"TOKEND_PORT": "", "TOKEND_ACCESS_TTL": "  "}) == Settings.from_env(
+        {}
+    )
+
+
+def test_values_are_read() -> None:
+    kek = generate_kek()
+    s = Settings.from_env(
+        {
+            "TOKEND_HOST": "0.0.0.0",
+            "TOKEND_PORT": "9000",
+            "TOKEND_REDIS_URL": "redis://redis:6379/2",
+            "TOKEND_REDIS_PREFIX": "tk",
+            "TOKEND_DATABASE_URL": "postgresql+asyncpg://u@db/tokend",
+            "TOKEND_ISSUER": "https://auth.example.com/",
+            "TOKEND_AUDIENCE": "api",
+            "TOKEND_ACCESS_TTL": "3600",
+            "TOKEND_REFRESH_IDLE_TTL": "86400",
+            "TOKEND_REFRESH_ABSOLUTE_TTL": "31536000",
+            "TOKEND_REFRESH_REUSE_GRACE": "0",
+            "TOKEND_SIGNING_ALG": "ES256",
+            "TOKEND_LOGIN_FAILURES_PER_USER": "3",
+            "TOKEND_LOGIN_FAILURES_PER_IP": "7",
+            "TOKEND_LOGIN_FAILURE_WINDOW": "60",
+            "TOKEND_KEY_ENCRYPTION_KEY": kek,
+            "TOKEND_OAUTH_CLIENTS": '{"web": {}, "backend": {"secret": "s3cret"}}',
+            "TOKEND_OIDC_PROVIDERS": (
+                '{"google": {"issuer": "https://accounts.google.com",'
+                ' "client_id": "id", "client_secret": "sec"}}'
+            ),
+            "TOKEND_OIDC_RETURN_TO": "https://app.example.com/, http://localhost:3000/",
+        }
+    )
+    assert (s.host, s.port, s.redis_prefix, s.audience) == ("0.0.0.0", 9000, "tk", "api")
+    assert s.issuer == "https://auth.example.com"  # trailing slash dropped
+    assert (s.access_ttl, s.refresh_idle_ttl, s.refresh_absolute_ttl) == (3600, 86400, 31536000)
+    assert s.refresh_reuse_grace == 0
+    assert s.signing_alg == "ES256"
+    assert (s.login_failures_per_user, s.login_failures_per_ip, s.login_failure_window) == (
+        3,
+        7,
+        60,
+    )
+    assert s.key_encryption_key == kek
+    assert not s.oauth_clients["web"].confidential
+    assert s.oauth_clients["backend"].confidential
+    assert s.oauth_clients["backend"].secret == "s3cret"
+    assert s.oidc_providers["google"].scopes == "openid profile email"
+    assert s.oidc_return_to == ("https://app.example.com/", "http://localhost:3000/")
+    assert not s.is_sqlite
+
+
+BAD_VALUES = [
+    ("TOKEND_PORT", "abc"),
+    ("TOKEND_PORT", "70000"),
+    ("TOKEND_ACCESS_TTL", "0"),
+    ("TOKEND_ACCESS_TTL", "-5"),
+    ("TOKEND_ACCESS_TTL", "1.5"),
+    ("TOKEND_SIGNING_ALG", "HS256"),
+    ("TOKEND_SIGNING_ALG", "none"),
+    ("TOKEND_OAUTH_CLIENTS", "{not json"),
+    ("TOKEND_OAUTH_CLIENTS", "[]"),
+    ("TOKEND_OAUTH_CLIENTS", '{"c": {"secret": ""}}'),
+    ("TOKEND_OIDC_PROVIDERS", '{"g": {"issuer": "https://x"}}'),
+    ("TOKEND_DATABASE_URL", "mysql://user@host/db"),
+    ("TOKEND_KEY_ENCRYPTION_KEY", "c2hvcnQ"),
+    ("TOKEND_KEY_ENCRYPTION_KEY", "!!! not base64 !!!"),
+    ("TOKEND_REDIS_URL", "http://x"),
+    ("TOKEND_ISSUER", "not a url"),
+    ("TOKEND_LOGIN_FAILURES_PER_USER", "0"),
+    ("TOKEND_REDIS_PREFIX", "a b"),
+]
+
+
+@pytest.mark.parametrize(("name", "value"), BAD_VALUES)
+def test_bad_value_names_the_variable(name: str, value: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        Settings.from_env({name: value})
+    message = str(info.value)
+    assert message.startswith(f"{name}: "), message
+    assert "\n" not in message
+
+
+def test_idle_longer_than_absolute_is_refused() -> None:
+    with pytest.raises(ConfigError) as info:
+        Settings.from_env({"TOKEND_REFRESH_IDLE_TTL": "200", "TOKEND_REFRESH_ABSOLUTE_TTL": "100"})
+    assert str(info.value).startswith("TOKEND_REFRESH_IDLE_TTL: ")
+
+
+def test_grace_must_be_below_idle() -> None:
+    with pytest.raises(ConfigError) as info:
+        Settings.from_env({"TOKEND_REFRESH_REUSE_GRACE": "60", "TOKEND_REFRESH_IDLE_TTL": "60"})
+    assert str(info.value).startswith("TOKEND_REFRESH_REUSE_GRACE: ")
+
+
+def test_settings_are_frozen() -> None:
+    s = Settings.from_env({"TOKEND_OAUTH_CLIENTS": '{"web": {}}'})
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        s.port = 1  # type: ignore[misc]
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        s.oauth_clients["web"].secret = "x"  # type: ignore[misc]
+    # Nor through its mappings.
+    with pytest.raises(TypeError):
+        s.oauth_clients["evil"] = s.oauth_clients["web"]  # type: ignore[index]
+    with pytest.raises(TypeError):
+        s.oidc_providers["evil"] = None  # type: ignore[index]
+    assert isinstance(s.oidc_return_to, tuple)
+
+
+def test_only_the_given_mapping_is_read(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("TOKEND_PORT", "abc")
+    assert Settings.from_env({}).port == 8080
+
+
+def test_bad_setting_stops_the_cli_with_one_line(tmp_path: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TOKEND_")}
+    env["TOKEND_PORT"] = "abc"
+    proc = subprocess.run(
+        [str(TOKEND), "serve"],
+        env=env,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert proc.returncode == 2
+    lines = proc.stderr.splitlines()
+    assert len(lines) == 1, proc.stderr
+    assert "TOKEND_PORT" in lines[0]
+    assert "Traceback" not in proc.stderr
+    assert proc.stdout == ""
+    assert not (tmp_path / "tokend.db").exists()  # stopped before touching anything
