@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
+import json
 import logging
 import os
 import time
@@ -11,6 +11,8 @@ from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
 
 from aiohttp import web
+from redis.asyncio import Redis
+from redis.exceptions import RedisError
 from sqlalchemy.ext.asyncio import async_sessionmaker
 
 from .auth import Authenticator
@@ -18,7 +20,7 @@ from .clock import Clock, system_clock
 from .crypto import Sealer, decode_kek, load_or_create_dev_kek
 from .db import make_engine, sqlite_path
 from .errors import ConfigError, TokendError
-from .http import auth_routes, health, wellknown
+from .http import auth_routes, health, oauth_routes, wellknown
 from .http.appkeys import AUTH, CLOCK, ENGINE, KEYRING, KEYSTORE, METRICS, REDIS, SETTINGS
 from .http.errors import error_middleware, header_size_middleware
 from .http.request import MAX_BODY
@@ -108,11 +110,19 @@ def setup_keys(app: web.Application, settings: Settings, kek: bytes) -> None:
         await ensure_signing_key(store, ring, settings.signing_alg, app[CLOCK]())
         app[KEYSTORE] = store
         app[KEYRING] = ring
-        task = asyncio.create_task(_reload_keys(store, ring))
+        # The subscription holds a connection for good: keep it out of the request pool.
+        subscriber = make_redis(settings.redis_url, pool_size=2, pool_timeout=5.0)
+        tasks = [
+            asyncio.create_task(_reload_keys(store, ring)),
+            asyncio.create_task(
+                _watch_key_events(subscriber, f"{settings.redis_prefix}:revocations", store, ring)
+            ),
+        ]
         yield
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        await subscriber.aclose()
 
     app.cleanup_ctx.append(ctx)
 
@@ -124,6 +134,31 @@ async def _reload_keys(store: SqlKeyStore, ring: KeyRing) -> None:
             ring.replace(await store.load())
         except TokendError as exc:
             log.warning("key reload failed, keeping the current keys: %s", exc)
+
+
+async def _watch_key_events(
+    redis: Redis, channel: str, store: SqlKeyStore, ring: KeyRing
+) -> None:
+    """Reload the key ring as soon as a worker announces key.rotated."""
+    backoff = 0.5
+    while True:
+        try:
+            async with redis.pubsub(ignore_subscribe_messages=True) as pubsub:
+                await pubsub.subscribe(channel)
+                backoff = 0.5
+                while True:
+                    message = await pubsub.get_message(timeout=1.0)
+                    if message is None or '"key.rotated"' not in message["data"]:
+                        continue
+                    if json.loads(message["data"]).get("type") == "key.rotated":
+                        ring.replace(await store.load())
+                        log.info("signing keys reloaded after key.rotated")
+        except asyncio.CancelledError:
+            raise
+        except (RedisError, OSError, TokendError, ValueError) as exc:
+            log.warning("key event subscription lost, retrying in %.1fs: %s", backoff, exc)
+            await asyncio.sleep(backoff)
+            backoff = min(backoff * 2, 30.0)
 
 
 def setup_auth(app: web.Application, settings: Settings) -> None:
@@ -151,15 +186,7 @@ def setup_auth(app: web.Application, settings: Settings) -> None:
                 per_ip=settings.login_failures_per_ip,
                 window=settings.login_failure_window,
             ),
-            sessions=SessionStore(
-                redis,
-                prefix=settings.redis_prefix,
-                access_ttl=settings.access_ttl,
-                leeway=settings.leeway,
-                idle_ttl=settings.refresh_idle_ttl,
-                absolute_ttl=settings.refresh_absolute_ttl,
-                grace=settings.refresh_reuse_grace,
-            ),
+            sessions=SessionStore.from_settings(redis, settings),
             tokens=TokenService(
                 app[KEYRING],
                 issuer=settings.issuer,
@@ -192,4 +219,5 @@ def create_app(settings: Settings, *, clock: Clock = system_clock) -> web.Applic
     app.router.add_routes(health.routes)
     app.router.add_routes(wellknown.routes)
     app.router.add_routes(auth_routes.routes)
+    app.router.add_routes(oauth_routes.routes)
     return app

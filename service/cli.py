@@ -12,6 +12,7 @@ import logging
 import os
 import signal
 import sys
+import time
 from collections.abc import Mapping, Sequence
 
 from aiohttp import web
@@ -24,8 +25,10 @@ from .db import make_engine
 from .devredis import redis_for_dev
 from .errors import TokendError
 from .http.errors import TokendRunner
-from .keys import SqlKeyStore, rotate
+from .keys import SqlKeyStore
 from .passwords import PasswordHasher, check_password_rules
+from .redisconn import make_redis
+from .sessions import SessionStore
 from .settings import Settings
 from .users import SqlUserStore, normalize_username
 
@@ -69,8 +72,6 @@ async def add_user(settings: Settings, username: str, password: str) -> str:
             memory_kib=settings.argon2_memory_kib,
             parallelism=settings.argon2_parallelism,
         )
-        import time
-
         user = await store.create(name, await hasher.hash(password), time.time())
         return user.id
     finally:
@@ -79,20 +80,27 @@ async def add_user(settings: Settings, username: str, password: str) -> str:
 
 async def rotate_keys(settings: Settings) -> int | None:
     """Force a rotation: the next key is published now and signs after the publish delay."""
-    import time
+    from workers.rotation import rotate_and_announce
 
     engine = make_engine(settings.database_url)
+    redis = make_redis(settings.redis_url, pool_size=2, pool_timeout=5.0)
     try:
         store = SqlKeyStore(async_sessionmaker(engine), Sealer(resolve_kek(settings)))
-        return await rotate(store, settings.signing_alg, time.time(), settings.key_publish_delay)
+        return await rotate_and_announce(
+            store,
+            SessionStore.from_settings(redis, settings),
+            alg=settings.signing_alg,
+            now=time.time(),
+            publish_delay=settings.key_publish_delay,
+            reason="manual",
+        )
     finally:
+        await redis.aclose()
         await engine.dispose()
 
 
 async def tail_events(settings: Settings) -> None:
     """Print revocation events as they arrive, one JSON line each."""
-    from .redisconn import make_redis
-
     client = make_redis(settings.redis_url, pool_size=2, pool_timeout=5.0)
     try:
         async with client.pubsub() as pubsub:

@@ -73,6 +73,7 @@ class SigningKey:
     jwk: dict[str, Any]
     activates_at: float
     retires_at: float | None
+    created_at: float = 0.0
 
 
 class KeyStore(Protocol):
@@ -112,6 +113,7 @@ class SqlKeyStore:
             jwk=json.loads(row.public_jwk),
             activates_at=row.activates_at,
             retires_at=row.retires_at,
+            created_at=row.created_at,
         )
 
     async def create(self, generation: int, alg: str, activates_at: float, now: float) -> bool:

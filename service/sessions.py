@@ -8,11 +8,13 @@ Keys (``P`` is the prefix; one session's keys share the ``{sid}`` hash slot):
     P:u:<uid>    zset of the user's sids scored by absolute deadline
     P:du:<uid>   the user's access tokens issued before this time are denied
     P:dj:<jti>   this access token is denied
+    P:exp:<n>    expiry index shard n (of EXPIRY_SHARDS): zset of "sid:uid" by idle deadline
     P:events     stream of revocation events;  P:revocations  channel of the same
 """
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from importlib import resources
 from typing import Any, cast
@@ -20,6 +22,10 @@ from typing import Any, cast
 import redis.asyncio as aioredis
 
 from .redisconn import redis_errors
+from .settings import Settings
+
+# Must match EXPIRY_SHARDS in lua/common.lua.
+EXPIRY_SHARDS = 16
 
 
 def _script(name: str) -> str:
@@ -38,6 +44,15 @@ class Rotation:
     exp: int = 0
     client_id: str = ""
     scope: str = ""
+
+
+@dataclass(frozen=True)
+class SessionGrant:
+    """Who holds a live session and what it was granted (see ``live_grant``)."""
+
+    uid: str
+    client_id: str
+    scope: str
 
 
 @dataclass(frozen=True)
@@ -81,6 +96,21 @@ class SessionStore:
         self._revoke = redis.register_script(_script("revoke"))
         self._revoke_user = redis.register_script(_script("revoke_user"))
         self._revoke_token = redis.register_script(_script("revoke_token"))
+        self._expire = redis.register_script(_script("expire"))
+        self._emit = redis.register_script(_script("emit"))
+
+    @classmethod
+    def from_settings(cls, redis: aioredis.Redis, settings: Settings) -> SessionStore:
+        """The store with the lifetimes and prefix of ``settings``."""
+        return cls(
+            redis,
+            prefix=settings.redis_prefix,
+            access_ttl=settings.access_ttl,
+            leeway=settings.leeway,
+            idle_ttl=settings.refresh_idle_ttl,
+            absolute_ttl=settings.refresh_absolute_ttl,
+            grace=settings.refresh_reuse_grace,
+        )
 
     # key names
     def session_key(self, sid: str) -> str:
@@ -141,6 +171,7 @@ class SessionStore:
                     iat,
                     user_agent[:256],
                     ip,
+                    self.prefix,
                 ],
             )
         return iat, idle
@@ -236,6 +267,26 @@ class SessionStore:
             )
         return bool(n)
 
+    def expiry_key(self, shard: int) -> str:
+        return f"{self.prefix}:exp:{shard}"
+
+    async def sweep_expired(self, *, shard: int, now: float, batch: int) -> int:
+        """End up to ``batch`` due sessions of one expiry shard; how many ended."""
+        with redis_errors():
+            n = await self._expire(
+                keys=[self.expiry_key(shard)],
+                args=[self.prefix, now, batch, self.retention],
+            )
+        return int(n)
+
+    async def publish(self, event: dict[str, Any]) -> str:
+        """Append an event with no state change (key.rotated) to the stream and channel."""
+        with redis_errors():
+            entry_id = await self._emit(
+                args=[self.prefix, self.retention, json.dumps(event)],
+            )
+        return str(entry_id)
+
     async def is_denied(self, *, sid: str, uid: str, jti: str, iat: float) -> bool:
         """Whether an access token is revoked (its session, its user before iat, or itself)."""
         with redis_errors():
@@ -252,6 +303,28 @@ class SessionStore:
         with redis_errors():
             fields = cast(dict[str, str], await self.redis.hgetall(self.session_key(sid)))
         return _info(sid, fields) if fields else None
+
+    async def live_grant(self, *, sid: str, jti: str, now: float) -> SessionGrant | None:
+        """The session's grant while ``jti`` may still refresh it, else None (read-only).
+
+        Mirrors rotate.lua: the session is unexpired and ``jti`` is its current refresh
+        token or the previous one within the grace. Used by introspection and by the
+        token endpoint to refuse a widened scope before rotating.
+        """
+        with redis_errors():
+            row = await self.redis.hmget(
+                self.session_key(sid),
+                ["uid", "cur", "prev", "prev_until", "idle", "abs", "cid", "scope"],
+            )
+        uid, cur, prev, prev_until, idle, absolute, cid, scope = cast(list[str | None], row)
+        if uid is None or idle is None or absolute is None:
+            return None
+        if now >= float(idle) or now >= float(absolute):
+            return None
+        in_grace = jti == prev and prev_until is not None and now < float(prev_until)
+        if jti != cur and not in_grace:
+            return None
+        return SessionGrant(uid=uid, client_id=cid or "", scope=scope or "")
 
     async def list_for_user(self, uid: str, now: float) -> list[SessionInfo]:
         """The user's live sessions, newest first; index entries of ended sessions are pruned."""

@@ -66,6 +66,7 @@ class WorkerRunner:
         try:
             await self._stopping.wait()
         finally:
+            self._stopping.set()  # also when cancelled: let workers finish their step
             await self._shutdown()
 
     async def close(self) -> None:

@@ -1,14 +1,24 @@
 -- Shared helpers, prepended to every tokend script.
 -- Events go to the stream and the channel in the same script, so they are atomic with
--- the state change that caused them.
+-- the state change that caused them. The stream is trimmed exactly by age (MINID without
+-- "~"): it only holds revocations, so the cost is small and the bound is precise.
 local function emit(stream, channel, retention, ev)
   ev['v'] = 1
   local t = redis.call('TIME')
   local minid = (tonumber(t[1]) - tonumber(retention)) * 1000
-  local id = redis.call('XADD', stream, 'MINID', '~', tostring(minid), '*', 'event', cjson.encode(ev))
+  local id = redis.call('XADD', stream, 'MINID', tostring(minid), '*', 'event', cjson.encode(ev))
   ev['id'] = id
   redis.call('PUBLISH', channel, cjson.encode(ev))
   return id
+end
+
+-- The expiry index is sharded so no single sorted set is hot; members are "sid:uid".
+-- Keep EXPIRY_SHARDS in service/sessions.py in step.
+local EXPIRY_SHARDS = 16
+local function expiry_key(prefix, sid)
+  local sum = 0
+  for i = 1, #sid do sum = sum + string.byte(sid, i) end
+  return prefix .. ':exp:' .. (sum % EXPIRY_SHARDS)
 end
 
 local function expire_at(key, deadline)
@@ -21,6 +31,7 @@ local function revoke_session(prefix, sid, uid, reason, now, untl, retention)
   redis.call('DEL', prefix .. ':s:' .. tag)
   redis.call('SET', prefix .. ':ds:' .. tag, '1', 'EXAT', math.ceil(tonumber(untl)))
   redis.call('ZREM', prefix .. ':u:' .. uid, sid)
+  redis.call('ZREM', expiry_key(prefix, sid), sid .. ':' .. uid)
   return emit(prefix .. ':events', prefix .. ':revocations', retention, {
     type = 'session.revoked', sub = uid, sid = sid, jti = cjson.null, reason = reason,
     at = tonumber(now), ['until'] = tonumber(untl),

@@ -1,6 +1,6 @@
 -- Create a session at login.
 -- KEYS: session hash, user index
--- ARGV: sid uid cid scope now idle_exp abs_exp jti iat ua ip
+-- ARGV: sid uid cid scope now idle_exp abs_exp jti iat ua ip prefix
 local sid, uid = ARGV[1], ARGV[2]
 redis.call('HSET', KEYS[1],
   'uid', uid, 'cid', ARGV[3], 'scope', ARGV[4], 'created', ARGV[5], 'last', ARGV[5],
@@ -10,4 +10,5 @@ expire_at(KEYS[1], ARGV[6])
 redis.call('ZADD', KEYS[2], ARGV[7], sid)
 local top = redis.call('ZRANGE', KEYS[2], 0, 0, 'REV', 'WITHSCORES')
 expire_at(KEYS[2], top[2])
+redis.call('ZADD', expiry_key(ARGV[12], sid), ARGV[6], sid .. ':' .. uid)
 return 1

@@ -13,6 +13,7 @@ if keep == '' then
     local tag = '{' .. sid .. '}'
     redis.call('DEL', prefix .. ':s:' .. tag)
     redis.call('SET', prefix .. ':ds:' .. tag, '1', 'EXAT', math.ceil(tonumber(untl)))
+    redis.call('ZREM', expiry_key(prefix, sid), sid .. ':' .. uid)
     n = n + 1
   end
   redis.call('DEL', KEYS[1])

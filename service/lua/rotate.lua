@@ -17,6 +17,7 @@ if jti == f[2] then
     'prev_until', now + tonumber(ARGV[7]), 'idle', exp, 'last', ARGV[4], 'ua', ARGV[10],
     'ip', ARGV[11])
   expire_at(KEYS[1], exp)
+  redis.call('ZADD', expiry_key(prefix, sid), exp, sid .. ':' .. uid)
   return {'rotated', uid, ARGV[5], iat, exp, f[9], f[10]}
 end
 if jti == f[3] and now < tonumber(f[4]) then
