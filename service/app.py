@@ -136,9 +136,7 @@ async def _reload_keys(store: SqlKeyStore, ring: KeyRing) -> None:
             log.warning("key reload failed, keeping the current keys: %s", exc)
 
 
-async def _watch_key_events(
-    redis: Redis, channel: str, store: SqlKeyStore, ring: KeyRing
-) -> None:
+async def _watch_key_events(redis: Redis, channel: str, store: SqlKeyStore, ring: KeyRing) -> None:
     """Reload the key ring as soon as a worker announces key.rotated."""
     backoff = 0.5
     while True:
@@ -195,6 +193,7 @@ def setup_auth(app: web.Application, settings: Settings) -> None:
                 leeway=settings.leeway,
             ),
             clock=app[CLOCK],
+            metrics=app[METRICS],
         )
         yield
         executor.shutdown(wait=True, cancel_futures=True)

@@ -13,10 +13,12 @@ from .clock import Clock
 from .errors import (
     InvalidCredentials,
     InvalidToken,
+    TokendError,
     TokenExpired,
     TokenRevoked,
     ValidationFailed,
 )
+from .metrics import Metrics
 from .passwords import PasswordHasher, check_password_rules
 from .ratelimit import LoginLimiter
 from .sessions import SessionStore
@@ -81,6 +83,7 @@ class Authenticator:
         sessions: SessionStore,
         tokens: TokenService,
         clock: Clock,
+        metrics: Metrics,
     ) -> None:
         self.users = users
         self.hasher = hasher
@@ -88,6 +91,7 @@ class Authenticator:
         self.sessions = sessions
         self.tokens = tokens
         self.clock = clock
+        self.metrics = metrics
 
     async def register(self, username: object, password: object) -> User:
         """Create a user after checking the username and password rules."""
@@ -121,7 +125,12 @@ class Authenticator:
         self, username: object, password: object, client: ClientInfo, scope: str = ""
     ) -> TokenPair:
         """Check credentials, record a new session and issue its first token pair."""
-        user = await self.check_credentials(username, password, client.ip)
+        try:
+            user = await self.check_credentials(username, password, client.ip)
+        except TokendError as exc:
+            self.metrics.logins.labels(_outcome(exc)).inc()
+            raise
+        self.metrics.logins.labels("ok").inc()
         return await self.start_session(user, client, scope)
 
     async def start_session(self, user: User, client: ClientInfo, scope: str = "") -> TokenPair:
@@ -169,6 +178,15 @@ class Authenticator:
 
     async def refresh(self, refresh_token: str, client: ClientInfo) -> TokenPair:
         """Rotate a refresh token: a new pair, the grace replay, or reuse detection."""
+        try:
+            pair, outcome = await self._refresh(refresh_token, client)
+        except TokendError as exc:
+            self.metrics.refreshes.labels(getattr(exc, "outcome", _outcome(exc))).inc()
+            raise
+        self.metrics.refreshes.labels(outcome).inc()
+        return pair
+
+    async def _refresh(self, refresh_token: str, client: ClientInfo) -> tuple[TokenPair, str]:
         now = self.clock()
         claims = self.tokens.verify_refresh(refresh_token, now)
         if claims.get("client_id", "") != client.client_id:
@@ -184,18 +202,23 @@ class Authenticator:
             ip=client.ip,
         )
         if rotation.status == "reuse":
-            raise TokenRevoked("refresh token reuse detected; the session is revoked")
+            self.metrics.events.labels("session.revoked").inc()
+            raise _with_outcome(
+                TokenRevoked("refresh token reuse detected; the session is revoked"), "reuse"
+            )
         if rotation.status == "expired":
-            raise TokenExpired("refresh token expired, log in again")
+            raise _with_outcome(TokenExpired("refresh token expired, log in again"), "expired")
         if rotation.status == "unknown":
-            raise TokenRevoked("refresh token revoked or session ended, log in again")
+            raise _with_outcome(
+                TokenRevoked("refresh token revoked or session ended, log in again"), "unknown"
+            )
         if rotation.uid != claims["sub"]:
             raise InvalidToken("refresh token does not match its session")
         user = await self.users.by_id(rotation.uid)
         if user is None or user.disabled:
             await self.sessions.revoke(sid=claims["sid"], now=now, reason="user_disabled")
             raise TokenRevoked("user no longer active")
-        return self._pair(
+        pair = self._pair(
             rotation.uid,
             claims["sid"],
             rotation.jti,
@@ -205,6 +228,7 @@ class Authenticator:
             rotation.client_id,
             rotation.scope,
         )
+        return pair, rotation.status
 
     async def authenticate(self, access_token: str) -> Principal:
         """The caller behind an access token: verified, not revoked, user still active."""
@@ -221,6 +245,7 @@ class Authenticator:
 
     async def logout(self, principal: Principal) -> None:
         """End the caller's session."""
+        self.metrics.events.labels("session.revoked").inc()
         await self.sessions.revoke(
             sid=principal.sid,
             now=self.clock(),
@@ -231,6 +256,7 @@ class Authenticator:
 
     async def logout_all(self, principal: Principal) -> int:
         """End every session of the caller."""
+        self.metrics.events.labels("user.revoked").inc()
         return await self.sessions.revoke_user(
             uid=principal.user.id, now=self.clock(), reason="logout_all"
         )
@@ -247,3 +273,18 @@ class Authenticator:
         return await self.sessions.revoke_user(
             uid=principal.user.id, now=now, reason="password_changed", keep_sid=principal.sid
         )
+
+
+def _outcome(exc: TokendError) -> str:
+    """A metrics label for a failed attempt."""
+    return {
+        "RateLimited": "rate_limited",
+        "Unavailable": "unavailable",
+        "InvalidCredentials": "bad_credentials",
+        "TokenExpired": "expired",
+    }.get(type(exc).__name__, "invalid")
+
+
+def _with_outcome(exc: TokendError, outcome: str) -> TokendError:
+    exc.outcome = outcome  # type: ignore[attr-defined]
+    return exc

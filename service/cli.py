@@ -14,6 +14,7 @@ import signal
 import sys
 import time
 from collections.abc import Mapping, Sequence
+from typing import cast
 
 from aiohttp import web
 from sqlalchemy.ext.asyncio import async_sessionmaker
@@ -99,17 +100,43 @@ async def rotate_keys(settings: Settings) -> int | None:
         await engine.dispose()
 
 
-async def tail_events(settings: Settings) -> None:
-    """Print revocation events as they arrive, one JSON line each."""
+async def tail_events(settings: Settings, since: str | None = None) -> None:
+    """Print revocation events as they arrive, one JSON line each.
+
+    With ``since`` (a stream entry id, or ``-`` for everything kept), the stream is
+    replayed from there first; subscribing before the replay means nothing falls between.
+    """
     client = make_redis(settings.redis_url, pool_size=2, pool_timeout=5.0)
+    last = (0, -1)
     try:
-        async with client.pubsub() as pubsub:
+        async with client.pubsub(ignore_subscribe_messages=True) as pubsub:
             await pubsub.subscribe(f"{settings.redis_prefix}:revocations")
-            async for message in pubsub.listen():
-                if message.get("type") == "message":
-                    print(message["data"], flush=True)
+            if since is not None:
+                start = "-" if since in ("-", "0") else f"({since}"
+                stream = f"{settings.redis_prefix}:events"
+                entries = cast(list[tuple[str, dict[str, str]]], await client.xrange(stream, start))
+                for entry_id, fields in entries:
+                    event = {**json.loads(fields["event"]), "id": entry_id}
+                    print(json.dumps(event, separators=(",", ":")), flush=True)
+                    last = _stream_id(entry_id)
+            while True:
+                message = await pubsub.get_message(timeout=1.0)
+                if message is None:
+                    continue
+                data = message["data"]
+                try:
+                    entry = _stream_id(json.loads(data).get("id", ""))
+                except (ValueError, AttributeError):
+                    entry = (0, 0)
+                if entry > last:
+                    print(data, flush=True)
     finally:
         await client.aclose()
+
+
+def _stream_id(text: str) -> tuple[int, int]:
+    ms, _, seq = text.partition("-")
+    return int(ms), int(seq or 0)
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -140,6 +167,12 @@ def _parser() -> argparse.ArgumentParser:
     )
     events = sub.add_parser("events", help="revocation events")
     events.add_argument("action", choices=["tail"])
+    events.add_argument(
+        "--from",
+        dest="since",
+        metavar="ID",
+        help="replay the stream after this entry id first ('-' for all it keeps)",
+    )
     return parser
 
 
@@ -187,7 +220,7 @@ def run(argv: Sequence[str], env: Mapping[str, str]) -> int:
         print(json.dumps({"rotated": generation is not None, "generation": generation}))
     elif args.command == "events":
         with contextlib.suppress(KeyboardInterrupt):
-            asyncio.run(tail_events(settings))
+            asyncio.run(tail_events(settings, args.since))
     return 0
 
 

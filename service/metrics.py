@@ -26,6 +26,12 @@ class Metrics:
             ["result"],
             registry=self.registry,
         )
+        self.events = Counter(
+            "tokend_events_published_total",
+            "Revocation events published by the API, by type",
+            ["type"],
+            registry=self.registry,
+        )
         self.revocations = Counter(
             "tokend_revocations_total", "Revocations by reason", ["reason"], registry=self.registry
         )
