@@ -118,7 +118,7 @@ class Authenticator:
         if not ok or user is None:
             await self.limiter.failed(limit_name, ip)
             raise InvalidCredentials()
-        await self.limiter.succeeded(limit_name)
+        await self.limiter.succeeded(limit_name, ip)
         return user
 
     async def login(

@@ -9,7 +9,6 @@ from pathlib import Path
 from sqlalchemy import event, text
 from sqlalchemy.exc import DBAPIError, IntegrityError, SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker, create_async_engine
-from sqlalchemy.pool import NullPool
 
 from .errors import Conflict, Unavailable
 
@@ -17,7 +16,11 @@ from .errors import Conflict, Unavailable
 def make_engine(url: str, *, pool_size: int = 10) -> AsyncEngine:
     """Create the async engine; SQLite gets WAL and a busy timeout for concurrent writers."""
     if url.startswith("sqlite"):
-        engine = create_async_engine(url, poolclass=NullPool, connect_args={"timeout": 15})
+        # A small pool: opening a SQLite connection (and its PRAGMAs) per query cost more
+        # than the query itself.
+        engine = create_async_engine(
+            url, pool_size=5, max_overflow=5, pool_timeout=5, connect_args={"timeout": 15}
+        )
 
         @event.listens_for(engine.sync_engine, "connect")
         def _pragmas(dbapi_conn, _record):  # type: ignore[no-untyped-def]
