@@ -13,6 +13,7 @@ from .clock import Clock
 from .errors import (
     InvalidCredentials,
     InvalidToken,
+    NotFound,
     TokendError,
     TokenExpired,
     TokenRevoked,
@@ -214,10 +215,8 @@ class Authenticator:
             )
         if rotation.uid != claims["sub"]:
             raise InvalidToken("refresh token does not match its session")
-        user = await self.users.by_id(rotation.uid)
-        if user is None or user.disabled:
-            await self.sessions.revoke(sid=claims["sid"], now=now, reason="user_disabled")
-            raise TokenRevoked("user no longer active")
+        # No user lookup here: the session in Redis is authoritative, and disabling a
+        # user revokes every session of theirs (disable_user), so refresh stays SQL-free.
         pair = self._pair(
             rotation.uid,
             claims["sid"],
@@ -261,6 +260,11 @@ class Authenticator:
             uid=principal.user.id, now=self.clock(), reason="logout_all"
         )
 
+    async def disable_user(self, username: str) -> int:
+        """Disable a user and revoke every session of theirs (admin revoke); how many."""
+        self.metrics.events.labels("user.revoked").inc()
+        return await disable_user(self.users, self.sessions, username, self.clock())
+
     async def change_password(self, principal: Principal, current: object, new: object) -> int:
         """Change the caller's password and end every other session of theirs."""
         if not isinstance(current, str):
@@ -288,3 +292,12 @@ def _outcome(exc: TokendError) -> str:
 def _with_outcome(exc: TokendError, outcome: str) -> TokendError:
     exc.outcome = outcome  # type: ignore[attr-defined]
     return exc
+
+
+async def disable_user(users: UserStore, sessions: SessionStore, username: str, now: float) -> int:
+    """Disable a user and revoke all their sessions (user.revoked, reason admin_revoke)."""
+    user = await users.by_username(normalize_username(username))
+    if user is None:
+        raise NotFound("no such user")
+    await users.set_disabled(user.id, True)
+    return await sessions.revoke_user(uid=user.id, now=now, reason="admin_revoke")

@@ -21,6 +21,7 @@ from sqlalchemy.ext.asyncio import async_sessionmaker
 
 from . import migrate
 from .app import create_app, resolve_kek
+from .auth import disable_user
 from .crypto import Sealer, generate_kek
 from .db import make_engine
 from .devredis import redis_for_dev
@@ -76,6 +77,22 @@ async def add_user(settings: Settings, username: str, password: str) -> str:
         user = await store.create(name, await hasher.hash(password), time.time())
         return user.id
     finally:
+        await engine.dispose()
+
+
+async def disable_user_cli(settings: Settings, username: str) -> int:
+    """Disable a user and revoke every session of theirs; how many sessions ended."""
+    engine = make_engine(settings.database_url)
+    redis = make_redis(settings.redis_url, pool_size=2, pool_timeout=5.0)
+    try:
+        return await disable_user(
+            SqlUserStore(async_sessionmaker(engine, expire_on_commit=False)),
+            SessionStore.from_settings(redis, settings),
+            username,
+            time.time(),
+        )
+    finally:
+        await redis.aclose()
         await engine.dispose()
 
 
@@ -159,6 +176,8 @@ def _parser() -> argparse.ArgumentParser:
     add.add_argument(
         "--password-stdin", action="store_true", help="read the password from standard input"
     )
+    disable = users_sub.add_parser("disable", help="disable a user and revoke their sessions")
+    disable.add_argument("username")
     keys = sub.add_parser("keys", help="signing keys")
     keys.add_argument(
         "action",
@@ -200,15 +219,19 @@ def run(argv: Sequence[str], env: Mapping[str, str]) -> int:
             return 0 if asyncio.run(check(settings)) else 1
         asyncio.run(run_workers(settings))
     elif args.command == "dev":
-        resolve_kek(settings)
-        migrate.upgrade(settings.database_url)
+        # Redis first: without one, a single line says how to get it before anything is made.
         with redis_for_dev(settings.redis_url) as url:
+            resolve_kek(settings)
+            migrate.upgrade(settings.database_url)
             if url != settings.redis_url:
                 log.info("started a private redis-server at %s (stopped on exit)", url)
             asyncio.run(serve(dataclasses.replace(settings, redis_url=url), with_workers=True))
     elif args.command == "db":
         migrate.upgrade(settings.database_url)
         print("database is at the latest schema")
+    elif args.command == "users" and args.action == "disable":
+        ended = asyncio.run(disable_user_cli(settings, args.username))
+        print(json.dumps({"disabled": args.username, "sessions_revoked": ended}))
     elif args.command == "users":
         if args.password_stdin:
             password = sys.stdin.readline().rstrip("\n")

@@ -141,3 +141,40 @@ async def test_sessions_endpoints_need_a_token(client) -> None:
         resp = await client.request(method, path)
         assert resp.status == 401, path
         assert resp.headers["WWW-Authenticate"] == 'Bearer realm="tokend"'
+
+
+async def test_admin_disable_revokes_every_session(client, redis_client) -> None:
+    import asyncio
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from tests.conftest import TEST_KEK
+
+    settings = client.app[SETTINGS]
+    tokens = await register_and_login(client, "alice")
+    env = {
+        **os.environ,
+        "TOKEND_REDIS_URL": settings.redis_url,
+        "TOKEND_REDIS_PREFIX": settings.redis_prefix,
+        "TOKEND_DATABASE_URL": settings.database_url,
+        "TOKEND_KEY_ENCRYPTION_KEY": TEST_KEK,
+    }
+    tokend = str(Path(sys.executable).with_name("tokend"))
+    out = await asyncio.to_thread(
+        subprocess.run,
+        [tokend, "users", "disable", "alice"],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert json.loads(out.stdout)["sessions_revoked"] == 1
+    assert await me_status(client, tokens["access_token"]) == 401
+    resp = await client.post("/auth/refresh", headers=bearer(tokens["refresh_token"]))
+    assert resp.status == 401
+    resp = await client.post("/auth/login", json={"username": "alice", "password": PASSWORD})
+    assert resp.status == 401
+    evs = await events(client, redis_client)
+    assert [(e["type"], e["reason"]) for e in evs] == [("user.revoked", "admin_revoke")]
