@@ -68,6 +68,7 @@ class Settings:
     key_rotation_period: int = 30 * 86_400
     key_publish_delay: int = 900
     trust_forwarded_for: bool = False
+    worker_metrics_port: int = 0
     oauth_clients: Mapping[str, OAuthClient] = field(default_factory=dict)
     oidc_providers: Mapping[str, OIDCProvider] = field(default_factory=dict)
     oidc_return_to: tuple[str, ...] = ()
@@ -126,6 +127,7 @@ class Settings:
                 "TOKEND_KEY_PUBLISH_DELAY", cls.key_publish_delay, _non_negative
             ),
             trust_forwarded_for=r.get("TOKEND_TRUST_FORWARDED_FOR", False, _bool),
+            worker_metrics_port=r.get("TOKEND_WORKER_METRICS_PORT", 0, _port),
             # Read-only views: a frozen Settings must not be changeable through its mappings.
             oauth_clients=MappingProxyType(r.get("TOKEND_OAUTH_CLIENTS", {}, _oauth_clients)),
             oidc_providers=MappingProxyType(r.get("TOKEND_OIDC_PROVIDERS", {}, _oidc_providers)),

@@ -342,3 +342,38 @@ async def test_event_schema_and_stream_trimming(client, redis_client) -> None:
     assert stored["jti"] is None and stored["reason"] == "logout"
     assert stored["until"] >= claims["exp"]
     assert "\n" not in message["data"]
+
+
+async def test_worker_process_exports_metrics(make_settings, redis_client) -> None:
+    import aiohttp
+
+    from service.devredis import free_port
+
+    settings = make_settings(TOKEND_REFRESH_IDLE_TTL="60")
+    redis = make_redis(REDIS_URL, pool_size=4, pool_timeout=5)
+    store = SessionStore.from_settings(redis, settings)
+    try:
+        for _ in range(5):
+            await store.create(sid=new_id(), uid="u", jti=new_id(), now=time.time() - 3600)
+    finally:
+        await redis.aclose()
+    port = free_port()
+    env = worker_env(settings, TOKEND_WORKER_METRICS_PORT=str(port))
+    proc = subprocess.Popen([TOKEND, "work"], env=env, stderr=subprocess.DEVNULL)
+    try:
+        text = ""
+        async with aiohttp.ClientSession() as http:
+            for _ in range(200):
+                try:
+                    async with http.get(f"http://127.0.0.1:{port}/metrics") as resp:
+                        text = await resp.text()
+                except aiohttp.ClientConnectionError:
+                    text = ""
+                if 'tokend_worker_items_total{worker="expiry"} 5.0' in text:
+                    break
+                await asyncio.sleep(0.05)
+        assert 'tokend_worker_items_total{worker="expiry"} 5.0' in text
+        assert "tokend_worker_heartbeat_timestamp_seconds" in text
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=20)

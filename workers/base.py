@@ -15,6 +15,8 @@ from redis.exceptions import RedisError
 from service.clock import Clock
 from service.errors import TokendError
 
+from .metrics import WorkerMetrics
+
 log = logging.getLogger("tokend.workers")
 
 
@@ -49,6 +51,7 @@ class WorkerRunner:
         clock: Clock,
         heartbeat_interval: float = 5.0,
         max_backoff: float = 30.0,
+        metrics: WorkerMetrics | None = None,
     ) -> None:
         self.redis = redis
         self.prefix = prefix
@@ -56,6 +59,7 @@ class WorkerRunner:
         self.clock = clock
         self.heartbeat_interval = heartbeat_interval
         self.max_backoff = max_backoff
+        self.metrics = metrics or WorkerMetrics()
         self._stopping = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
 
@@ -92,14 +96,18 @@ class WorkerRunner:
             try:
                 handled = await worker.step()
                 backoff = 0.5
+                if handled:
+                    self.metrics.items.labels(worker.name).inc(handled)
             except asyncio.CancelledError:
                 raise
             except (TokendError, RedisError, OSError) as exc:
+                self.metrics.errors.labels(worker.name).inc()
                 log.warning("worker %s failed, retrying in %.1fs: %s", worker.name, backoff, exc)
                 await self._sleep(backoff)
                 backoff = min(backoff * 2, self.max_backoff)
                 continue
             except Exception:
+                self.metrics.errors.labels(worker.name).inc()
                 log.exception("worker %s crashed in a step, retrying", worker.name)
                 await self._sleep(backoff)
                 backoff = min(backoff * 2, self.max_backoff)
@@ -110,7 +118,9 @@ class WorkerRunner:
     async def _heartbeat(self) -> None:
         while not self._stopping.is_set():
             try:
-                await self.redis.hset(heartbeat_key(self.prefix), _me(), str(self.clock()))
+                now = self.clock()
+                await self.redis.hset(heartbeat_key(self.prefix), _me(), str(now))
+                self.metrics.heartbeat.set(now)
             except (RedisError, OSError) as exc:
                 log.warning("heartbeat failed: %s", exc)
             await self._sleep(self.heartbeat_interval)

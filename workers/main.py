@@ -8,19 +8,22 @@ import logging
 import signal
 
 import redis.asyncio as aioredis
+from aiohttp import web
 from sqlalchemy.ext.asyncio import async_sessionmaker
 
 from service.app import resolve_kek
 from service.clock import Clock, system_clock
 from service.crypto import Sealer
 from service.db import make_engine
+from service.errors import Unavailable
 from service.keys import SqlKeyStore
-from service.redisconn import make_redis
+from service.redisconn import make_redis, redis_errors
 from service.sessions import SessionStore
 from service.settings import Settings
 
 from .base import Worker, WorkerRunner, heartbeat_fresh
 from .expiry import ExpiryWorker
+from .metrics import WorkerMetrics
 from .rotation import KeyRotationWorker
 
 log = logging.getLogger("tokend.workers")
@@ -45,8 +48,14 @@ def build_workers(
     ]
 
 
-async def run_workers(settings: Settings, *, clock: Clock = system_clock) -> None:
-    """Run the workers until SIGTERM or SIGINT, finishing the current batch first."""
+async def run_workers(
+    settings: Settings, *, clock: Clock = system_clock, handle_signals: bool = True
+) -> None:
+    """Run the workers until SIGTERM or SIGINT, finishing the current batch first.
+
+    Inside another command (``tokend dev``) that owns the signals, pass
+    ``handle_signals=False`` and cancel the task instead: a loop has one handler per signal.
+    """
     redis = make_redis(settings.redis_url, pool_size=8, pool_timeout=5.0)
     engine = make_engine(settings.database_url)
     keys = SqlKeyStore(async_sessionmaker(engine), Sealer(resolve_kek(settings)))
@@ -57,21 +66,45 @@ async def run_workers(settings: Settings, *, clock: Clock = system_clock) -> Non
         clock=clock,
     )
     loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
+    for sig in (signal.SIGTERM, signal.SIGINT) if handle_signals else ():
         with contextlib.suppress(NotImplementedError, RuntimeError):
             loop.add_signal_handler(sig, lambda: asyncio.ensure_future(runner.close()))
     log.info("workers started: %s", ", ".join(w.name for w in runner.workers))
+    port = settings.worker_metrics_port
+    metrics_site = await _serve_metrics(runner.metrics, settings.host, port) if port else None
     try:
         await runner.run()
     finally:
+        if metrics_site is not None:
+            await metrics_site.cleanup()
         await redis.aclose()
         await engine.dispose()
+
+
+async def _serve_metrics(metrics: WorkerMetrics, host: str, port: int) -> web.AppRunner:
+    """/metrics of the worker process on TOKEND_WORKER_METRICS_PORT."""
+
+    async def handler(request: web.Request) -> web.Response:
+        return web.Response(body=metrics.render(), content_type="text/plain", charset="utf-8")
+
+    app = web.Application()
+    app.router.add_get("/metrics", handler)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    await web.TCPSite(runner, host, port).start()
+    log.info("worker metrics on http://%s:%d/metrics", host, port)
+    return runner
 
 
 async def check(settings: Settings, max_age: float = 30.0) -> bool:
     """Whether this host's workers have a fresh heartbeat."""
     redis = make_redis(settings.redis_url, pool_size=1, pool_timeout=2.0)
     try:
-        return await heartbeat_fresh(redis, settings.redis_prefix, system_clock(), max_age)
+        with redis_errors():
+            return await heartbeat_fresh(redis, settings.redis_prefix, system_clock(), max_age)
+    except Unavailable as exc:
+        # No Redis, no heartbeat to read: unhealthy, said in one line rather than a traceback.
+        log.warning("cannot read the worker heartbeat: %s", exc)
+        return False
     finally:
         await redis.aclose()
