@@ -31,7 +31,7 @@ from .ratelimit import LoginLimiter
 from .redisconn import make_redis
 from .sessions import SessionStore
 from .settings import Settings
-from .tokens import TokenService
+from .tokens import TokenService, derive_refresh_key
 from .users import SqlUserStore
 
 log = logging.getLogger("tokend")
@@ -159,7 +159,7 @@ async def _watch_key_events(redis: Redis, channel: str, store: SqlKeyStore, ring
             backoff = min(backoff * 2, 30.0)
 
 
-def setup_auth(app: web.Application, settings: Settings) -> None:
+def setup_auth(app: web.Application, settings: Settings, kek: bytes) -> None:
     """The authenticator and the executor that hashes passwords off the event loop."""
 
     async def ctx(app: web.Application) -> AsyncIterator[None]:
@@ -187,6 +187,7 @@ def setup_auth(app: web.Application, settings: Settings) -> None:
             sessions=SessionStore.from_settings(redis, settings),
             tokens=TokenService(
                 app[KEYRING],
+                refresh_key=derive_refresh_key(kek),
                 issuer=settings.issuer,
                 audience=settings.audience,
                 access_ttl=settings.access_ttl,
@@ -214,7 +215,7 @@ def create_app(settings: Settings, *, clock: Clock = system_clock) -> web.Applic
     setup_database(app, settings)
     setup_redis(app, settings)
     setup_keys(app, settings, kek)
-    setup_auth(app, settings)
+    setup_auth(app, settings, kek)
     app.router.add_routes(health.routes)
     app.router.add_routes(wellknown.routes)
     app.router.add_routes(auth_routes.routes)

@@ -1,9 +1,10 @@
 """Signing keys: generation, sealed storage in SQL, and the in-memory key ring.
 
 Lifecycle of a key (times on the row): created → published in the JWKS at once →
-signs from ``activates_at`` → stops signing at ``retires_at`` (when its successor
-activates) → stays in the JWKS until its last access token has expired → stays
-usable for verifying refresh tokens until the longest session has ended → deleted.
+signs access tokens from ``activates_at`` → stops signing at ``retires_at`` (when its
+successor activates) → stays in the JWKS until its last access token has expired →
+deleted by the rotation worker an hour later. Refresh tokens are not signed with these
+keys (see tokens.py), so rotation never touches them.
 """
 
 from __future__ import annotations

@@ -8,7 +8,7 @@ from typing import Any
 
 import jwt
 
-from service.http.appkeys import SETTINGS
+from service.http.appkeys import KEYRING, SETTINGS
 from tests.helpers import bearer, register_and_login, unverified
 
 
@@ -206,10 +206,20 @@ async def test_reuse_publishes_session_revoked(client, make_settings, redis_clie
 async def test_forged_refresh_token_is_rejected(client) -> None:
     tokens = await register_and_login(client)
     header, claims = unverified(tokens["refresh_token"])
-    from cryptography.hazmat.primitives.asymmetric import ed25519
-
-    forged = jwt.encode(
-        claims, ed25519.Ed25519PrivateKey.generate(), algorithm="EdDSA", headers=header
-    )
+    forged = jwt.encode(claims, "x" * 32, algorithm="HS256", headers=header)
     resp = await refresh(client, forged)
     assert resp.status == 401 and (await resp.json())["error_description"] == "bad signature"
+
+
+async def test_refresh_token_signed_with_the_access_key_is_rejected(client) -> None:
+    """The MAC key is the only refresh verifier: a ring-signed rt+jwt is not accepted."""
+    tokens = await register_and_login(client)
+    header, claims = unverified(tokens["refresh_token"])
+    key = client.app[KEYRING].signing_key(claims["iat"])
+    for kid in (header["kid"], key.kid):
+        forged = jwt.encode(
+            claims, key.private, algorithm=key.alg, headers={"typ": "rt+jwt", "kid": kid}
+        )
+        resp = await refresh(client, forged)
+        assert resp.status == 401
+        assert (await resp.json())["error"] == "invalid_token"

@@ -247,7 +247,7 @@ async def test_key_rotation_lifecycle(make_client, make_settings, redis_client) 
         assert unverified(body["access_token"])[0]["kid"] == old_kid
         clock.advance(300)
         resp = await client.post("/auth/refresh", headers=bearer(body["refresh_token"]))
-        assert resp.status == 200  # a refresh token signed by the old key still works
+        assert resp.status == 200  # refresh tokens from before the switch keep working
         body = await resp.json()
         assert unverified(body["access_token"])[0]["kid"] == new_kid
         # the old key leaves the JWKS once its last access token has expired

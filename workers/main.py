@@ -43,7 +43,9 @@ def build_workers(
             alg=settings.signing_alg,
             period=settings.key_rotation_period,
             publish_delay=settings.key_publish_delay,
-            keep_retired=settings.refresh_absolute_ttl + settings.access_ttl + settings.leeway,
+            # Only access tokens are signed with these keys (refresh tokens are MACed):
+            # a retired key is kept an hour past its last access token's expiry.
+            keep_retired=settings.access_ttl + settings.leeway + 3600,
         ),
     ]
 

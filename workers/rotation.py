@@ -47,7 +47,7 @@ class KeyRotationWorker:
 
     A key is published in the JWKS as soon as it exists and signs only after
     ``publish_delay`` (at least the JWKS cache lifetime of subscribers). A retired key
-    stays for verifying refresh tokens until the longest session it signed has ended.
+    is purged ``keep_retired`` seconds after it stopped signing.
     """
 
     name = "key-rotation"
