@@ -13,8 +13,8 @@ import os
 import signal
 import sys
 import time
-from collections.abc import Mapping, Sequence
-from typing import cast
+from collections.abc import Coroutine, Mapping, Sequence
+from typing import Any, cast
 
 from aiohttp import web
 from sqlalchemy.ext.asyncio import async_sessionmaker
@@ -51,7 +51,9 @@ async def serve(settings: Settings, *, with_workers: bool = False) -> None:
     for sig in (signal.SIGTERM, signal.SIGINT):
         with contextlib.suppress(NotImplementedError, RuntimeError):
             loop.add_signal_handler(sig, stop.set)
-    workers = asyncio.create_task(run_workers(settings)) if with_workers else None
+    workers = (
+        asyncio.create_task(run_workers(settings, handle_signals=False)) if with_workers else None
+    )
     try:
         await stop.wait()
     finally:
@@ -156,6 +158,17 @@ def _stream_id(text: str) -> tuple[int, int]:
     return int(ms), int(seq or 0)
 
 
+def run_fast(main: Coroutine[Any, Any, None]) -> None:
+    """Run the server on uvloop where it is installed (Linux, macOS), else asyncio's loop."""
+    try:
+        import uvloop
+    except ImportError:
+        asyncio.run(main)
+        return
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+        runner.run(main)
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="tokend", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -211,7 +224,7 @@ def run(argv: Sequence[str], env: Mapping[str, str]) -> int:
     settings = _settings(env)
     if args.command == "serve":
         resolve_kek(settings)
-        asyncio.run(serve(settings))
+        run_fast(serve(settings))
     elif args.command == "work":
         from workers.main import check, run_workers
 
@@ -225,7 +238,7 @@ def run(argv: Sequence[str], env: Mapping[str, str]) -> int:
             migrate.upgrade(settings.database_url)
             if url != settings.redis_url:
                 log.info("started a private redis-server at %s (stopped on exit)", url)
-            asyncio.run(serve(dataclasses.replace(settings, redis_url=url), with_workers=True))
+            run_fast(serve(dataclasses.replace(settings, redis_url=url), with_workers=True))
     elif args.command == "db":
         migrate.upgrade(settings.database_url)
         print("database is at the latest schema")

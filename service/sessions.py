@@ -21,6 +21,7 @@ from typing import Any, cast
 
 import redis.asyncio as aioredis
 
+from .redisbatch import AutoPipeline
 from .redisconn import redis_errors
 from .settings import Settings
 
@@ -97,6 +98,8 @@ class SessionStore:
         self._revoke_user = redis.register_script(_script("revoke_user"))
         self._revoke_token = redis.register_script(_script("revoke_token"))
         self._expire = redis.register_script(_script("expire"))
+        # The hot paths (rotate, deny check) share pipelines with concurrent requests.
+        self._batch = AutoPipeline(redis)
         self._emit = redis.register_script(_script("emit"))
 
     @classmethod
@@ -181,9 +184,10 @@ class SessionStore:
     ) -> Rotation:
         """Atomically rotate, replay within grace, or detect reuse (see rotate.lua)."""
         with redis_errors():
-            result: list[Any] = await self._rotate(
-                keys=[self.session_key(sid)],
-                args=[
+            result: list[Any] = await self._batch.script(
+                self._rotate,
+                [self.session_key(sid)],
+                [
                     self.prefix,
                     sid,
                     jti,
@@ -290,8 +294,11 @@ class SessionStore:
     async def is_denied(self, *, sid: str, uid: str, jti: str, iat: float) -> bool:
         """Whether an access token is revoked (its session, its user before iat, or itself)."""
         with redis_errors():
-            ds, du, dj = await self.redis.mget(
-                self.deny_session_key(sid), self.deny_user_key(uid), self.deny_token_key(jti)
+            ds, du, dj = await self._batch.execute(
+                "MGET",
+                self.deny_session_key(sid),
+                self.deny_user_key(uid),
+                self.deny_token_key(jti),
             )
         if ds is not None or dj is not None:
             return True

@@ -102,3 +102,22 @@ async def test_kill_during_concurrent_refreshes_then_recover(make_client, privat
     # ... and the service recovered without a restart
     resp = await client.post("/auth/login", json={"username": "alice", "password": PASSWORD})
     assert resp.status == 200
+
+
+async def test_redis_losing_its_script_cache_is_transparent(make_client, private_redis) -> None:
+    import redis.asyncio as aioredis
+
+    client = await make_client(TOKEND_REDIS_URL=private_redis.url)
+    tokens = await register_and_login(client)
+    admin = aioredis.Redis.from_url(private_redis.url)
+    try:
+        await admin.script_flush()
+    finally:
+        await admin.aclose()
+    # the batched EVALSHA gets NOSCRIPT, loads the script and runs it once
+    responses = await asyncio.gather(
+        *(client.post("/auth/refresh", headers=bearer(tokens["refresh_token"])) for _ in range(5))
+    )
+    assert [r.status for r in responses] == [200] * 5
+    jtis = {(await r.json())["refresh_token"] for r in responses}
+    assert len(jtis) == 1

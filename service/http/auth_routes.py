@@ -8,6 +8,7 @@ from ..auth import Principal, TokenPair
 from ..errors import BadRequest, NotFound
 from .appkeys import AUTH, CLOCK, METRICS, SETTINGS
 from .request import bearer_token, client_info, json_body
+from .responses import json_response
 
 routes = web.RouteTableDef()
 
@@ -21,7 +22,7 @@ def token_response(pair: TokenPair) -> web.Response:
         "Authorization": f"Bearer {pair.access_token}",
         "X-Refresh-Token": pair.refresh_token,
     }
-    return web.json_response(pair.body(), headers=headers)
+    return json_response(pair.body(), headers=headers)
 
 
 async def authenticated(request: web.Request) -> Principal:
@@ -35,7 +36,7 @@ async def authenticated(request: web.Request) -> Principal:
 async def register(request: web.Request) -> web.Response:
     body = await json_body(request)
     user = await request.app[AUTH].register(body.get("username"), body.get("password"))
-    return web.json_response({"id": user.id, "username": user.username}, status=201)
+    return json_response({"id": user.id, "username": user.username}, status=201)
 
 
 @routes.post("/auth/login")
@@ -72,7 +73,7 @@ async def refresh(request: web.Request) -> web.Response:
 @routes.get("/auth/me")
 async def me(request: web.Request) -> web.Response:
     principal = await authenticated(request)
-    return web.json_response(
+    return json_response(
         {
             "sub": principal.user.id,
             "username": principal.user.username,
@@ -104,7 +105,7 @@ async def list_sessions(request: web.Request) -> web.Response:
     principal = await authenticated(request)
     auth = request.app[AUTH]
     sessions = await auth.sessions.list_for_user(principal.user.id, request.app[CLOCK]())
-    return web.json_response(
+    return json_response(
         {
             "sessions": [
                 {
@@ -149,4 +150,4 @@ async def change_password(request: web.Request) -> web.Response:
     revoked = await request.app[AUTH].change_password(
         principal, body.get("current_password"), body.get("new_password")
     )
-    return web.json_response({"revoked_sessions": revoked}, headers=NO_STORE)
+    return json_response({"revoked_sessions": revoked}, headers=NO_STORE)

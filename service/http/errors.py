@@ -6,7 +6,8 @@ import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from aiohttp import web, web_protocol, web_server
+from aiohttp import hdrs, web, web_protocol, web_server
+from aiohttp.http_exceptions import LineTooLong
 
 from ..errors import (
     InvalidClient,
@@ -16,6 +17,7 @@ from ..errors import (
     Unauthorized,
     Unavailable,
 )
+from .responses import json_response
 
 log = logging.getLogger("tokend.http")
 
@@ -39,7 +41,7 @@ def json_error(
 ) -> web.Response:
     """A JSON error answer that is never cached."""
     body: dict[str, Any] = {"error": code or "unauthorized", "error_description": description}
-    response = web.json_response(body, status=status, headers=headers)
+    response = json_response(body, status=status, headers=headers)
     response.headers["Cache-Control"] = "no-store"
     return response
 
@@ -85,9 +87,9 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
         code = _HTTP_CODES.get(
             exc.status, "invalid_request" if exc.status < 500 else "server_error"
         )
-        return json_error(
-            exc.status, code, exc.reason, dict(exc.headers) if exc.status == 405 else None
-        )
+        # Only Allow is carried over: the exception's own Content-Type would clash with JSON.
+        allow = exc.headers.get(hdrs.ALLOW)
+        return json_error(exc.status, code, exc.reason, {hdrs.ALLOW: allow} if allow else None)
     except Exception:
         log.exception("unhandled error on %s %s", request.method, request.path)
         return json_error(500, "server_error", "internal error")
@@ -120,7 +122,8 @@ class _JsonErrorHandler(web_protocol.RequestHandler):
             request.remote,
             type(exc).__name__ if exc else status,
         )
-        if status == 400 and exc is not None and "too long" in str(exc).lower():
+        # The parser's LineTooLong reads "Got more than N bytes when reading: <the line>".
+        if isinstance(exc, LineTooLong) or "too many headers" in str(exc).lower():
             status = 431
         code = "server_error" if status >= 500 else "invalid_request"
         description = {431: "request header too large", 500: "internal error"}.get(

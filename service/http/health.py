@@ -10,13 +10,14 @@ from ..errors import Unavailable
 from ..redisconn import redis_errors
 from .appkeys import ENGINE, METRICS, REDIS
 from .errors import json_error
+from .responses import json_response
 
 routes = web.RouteTableDef()
 
 
 @routes.get("/healthz")
 async def healthz(request: web.Request) -> web.Response:
-    return web.json_response({"status": "ok"})
+    return json_response({"status": "ok"})
 
 
 @routes.get("/readyz")
@@ -34,7 +35,7 @@ async def readyz(request: web.Request) -> web.Response:
     except Unavailable:
         checks["database"] = "unavailable"
     if all(v == "ok" for v in checks.values()):
-        return web.json_response({"status": "ready", "checks": checks})
+        return json_response({"status": "ready", "checks": checks})
     response = json_error(
         503,
         "temporarily_unavailable",

@@ -11,6 +11,7 @@ from ..settings import OAuthClient
 from .appkeys import AUTH, METRICS, SETTINGS
 from .auth_routes import NO_STORE
 from .request import client_info, form_body
+from .responses import json_response
 
 routes = web.RouteTableDef()
 
@@ -49,7 +50,7 @@ async def token(request: web.Request) -> web.Response:
         raise
     counter.labels("ok").inc()
     # RFC 6749 section 5.1: the body only; no tokens in headers that proxies might log.
-    return web.json_response(pair.body(), headers=NO_STORE)
+    return json_response(pair.body(), headers=NO_STORE)
 
 
 @routes.post("/oauth/revoke")
@@ -72,4 +73,4 @@ async def introspect(request: web.Request) -> web.Response:
         raise InvalidClient("introspection needs a confidential client")
     token = require(form, "token")
     body = await OAuthServer(request.app[AUTH]).introspect(token, form.get("token_type_hint"))
-    return web.json_response(body, headers=NO_STORE)
+    return json_response(body, headers=NO_STORE)

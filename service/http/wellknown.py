@@ -5,6 +5,7 @@ from __future__ import annotations
 from aiohttp import web
 
 from .appkeys import CLOCK, KEYRING, SETTINGS
+from .responses import json_response
 
 routes = web.RouteTableDef()
 
@@ -13,14 +14,14 @@ routes = web.RouteTableDef()
 async def jwks(request: web.Request) -> web.Response:
     keys = request.app[KEYRING].jwks(request.app[CLOCK]())
     # Short public caching: subscribers pick up a new key within a minute.
-    return web.json_response(keys, headers={"Cache-Control": "public, max-age=60"})
+    return json_response(keys, headers={"Cache-Control": "public, max-age=60"})
 
 
 @routes.get("/.well-known/oauth-authorization-server")
 async def metadata(request: web.Request) -> web.Response:
     settings = request.app[SETTINGS]
     base = settings.issuer
-    return web.json_response(
+    return json_response(
         {
             "issuer": base,
             "token_endpoint": f"{base}/oauth/token",
