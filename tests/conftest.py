@@ -147,3 +147,80 @@ async def client(make_client: ClientFactory) -> TestClient[Any, Any]:
 @pytest.fixture
 def clock() -> FrozenClock:
     return FrozenClock()
+
+
+# --- subscriber library (tokend_client) ---------------------------------------------
+
+# XADD and PUBLISH in one step, like tokend's emit: the channel gets the stream JSON plus id.
+_EMIT_LUA = """
+local id = redis.call('XADD', KEYS[1], '*', 'event', ARGV[1])
+redis.call('PUBLISH', KEYS[2], string.sub(ARGV[1], 1, -2) .. ',"id":"' .. id .. '"}')
+return id
+"""
+
+EmitRevocation = Callable[..., Awaitable[str]]
+
+
+@pytest.fixture
+def emit_revocation(redis_client: aioredis.Redis, redis_prefix: str) -> EmitRevocation:
+    """Write a synthetic v1 revocation event to the test prefix: ``await emit(type, **fields)``.
+
+    Returns the stream id. ``client=`` sends it to another Redis (a private server).
+    """
+
+    async def emit(
+        type: str,
+        *,
+        sub: str | None = None,
+        sid: str | None = None,
+        jti: str | None = None,
+        reason: str = "test",
+        at: float | None = None,
+        until: float | None = None,
+        client: aioredis.Redis | None = None,
+    ) -> str:
+        import json
+        import time
+
+        now = time.time() if at is None else at
+        event = {
+            "type": type,
+            "sub": sub,
+            "sid": sid,
+            "jti": jti,
+            "reason": reason,
+            "at": now,
+            "until": now + 960 if until is None else until,
+            "v": 1,
+        }
+        target = client or redis_client
+        entry_id = await target.eval(  # type: ignore[misc]
+            _EMIT_LUA,
+            2,
+            f"{redis_prefix}:events",
+            f"{redis_prefix}:revocations",
+            json.dumps(event, separators=(",", ":")),
+        )
+        return str(entry_id.decode() if isinstance(entry_id, bytes) else entry_id)
+
+    return emit
+
+
+@pytest.fixture
+async def make_listener(redis_prefix: str) -> AsyncIterator[Callable[..., Any]]:
+    """``make_listener(**kwargs)``: a started tokend_client.RevocationListener on the test
+    prefix (``redis_url`` defaults to the test Redis); closed after the test."""
+    from tokend_client import RevocationListener
+
+    made: list[RevocationListener] = []
+
+    async def make(redis_url: str = REDIS_URL, **kwargs: Any) -> RevocationListener:
+        kwargs.setdefault("prefix", redis_prefix)
+        listener = RevocationListener(redis_url, **kwargs)
+        made.append(listener)
+        await listener.start()
+        return listener
+
+    yield make
+    for listener in made:
+        await listener.close()

@@ -1,0 +1,278 @@
+"""examples/protected_service.py as a separate process against a real tokend and Redis.
+
+Delays are measured and printed (run with -s), never asserted.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import statistics
+import sys
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from service.devredis import free_port
+from tests.conftest import REDIS_URL
+from tests.helpers import bearer, login, register, unverified
+
+ROOT = Path(__file__).resolve().parent.parent
+EXAMPLE = ROOT / "examples" / "protected_service.py"
+START_TIMEOUT = 20
+
+
+class ExampleService:
+    """One run of the example service in its own process; ``stop()`` sends SIGTERM."""
+
+    def __init__(self, env: dict[str, str], port: int, log_path: Path) -> None:
+        self.env = env
+        self.port = port
+        self.log_path = log_path
+        self.proc: asyncio.subprocess.Process | None = None
+        self.http = aiohttp.ClientSession()
+
+    def url(self, path: str) -> str:
+        return f"http://127.0.0.1:{self.port}{path}"
+
+    async def start(self) -> None:
+        with self.log_path.open("ab") as log:
+            self.proc = await asyncio.create_subprocess_exec(
+                sys.executable,
+                str(EXAMPLE),
+                env={**self.env, "PORT": str(self.port)},
+                cwd=str(ROOT),
+                stdout=log,
+                stderr=log,
+            )
+        deadline = time.monotonic() + START_TIMEOUT
+        while True:
+            assert self.proc.returncode is None, self.log_path.read_text()
+            try:
+                async with self.http.get(self.url("/healthz")) as resp:
+                    if resp.status == 200:
+                        return
+            except aiohttp.ClientConnectionError:
+                pass
+            assert time.monotonic() < deadline, self.log_path.read_text()
+            await asyncio.sleep(0.02)
+
+    async def stop(self) -> int:
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGTERM)
+        async with asyncio.timeout(START_TIMEOUT):
+            return await self.proc.wait()
+
+    async def get(self, path: str, token: str | None = None) -> tuple[int, dict[str, Any], Any]:
+        headers = bearer(token) if token else {}
+        async with self.http.get(self.url(path), headers=headers) as resp:
+            body = (
+                await resp.json() if resp.content_type == "application/json" else await resp.text()
+            )
+            return resp.status, dict(resp.headers), body
+
+    async def close(self) -> None:
+        if self.proc is not None and self.proc.returncode is None:
+            self.proc.kill()
+            await self.proc.wait()
+        await self.http.close()
+
+
+@pytest.fixture
+async def tokend(make_client: Any) -> Any:
+    return await make_client()
+
+
+@pytest.fixture
+async def example(tokend: Any, redis_prefix: str, tmp_path: Path) -> AsyncIterator[ExampleService]:
+    """The example service (not started) wired to the test's tokend and Redis prefix."""
+    env = {
+        **os.environ,
+        "PYTHONUNBUFFERED": "1",
+        "TOKEND_JWKS_URL": str(tokend.make_url("/.well-known/jwks.json")),
+        "TOKEND_REDIS_URL": REDIS_URL,
+        "TOKEND_REDIS_PREFIX": redis_prefix,
+        "TOKEND_ISSUER": "http://127.0.0.1:8080",
+        "TOKEND_AUDIENCE": "tokend",
+    }
+    service = ExampleService(env, free_port(), tmp_path / "example.log")
+    yield service
+    await service.close()
+
+
+async def logout(tokend: Any, tokens: dict[str, Any]) -> None:
+    resp = await tokend.post("/auth/logout", headers=bearer(tokens["access_token"]))
+    assert resp.status == 204
+
+
+async def test_redis_cli_subscriber_sees_a_logout_as_one_json_line(
+    tokend, redis_prefix, redis_client
+) -> None:
+    channel = f"{redis_prefix}:revocations"
+    proc = await asyncio.create_subprocess_exec(
+        "redis-cli", "-p", "6379", "SUBSCRIBE", channel, stdout=asyncio.subprocess.PIPE
+    )
+    assert proc.stdout is not None
+    try:
+
+        async def line() -> str:
+            async with asyncio.timeout(10):
+                return (await proc.stdout.readline()).decode().rstrip("\n")
+
+        assert [await line() for _ in range(3)] == ["subscribe", channel, "1"]
+        await register(tokend, "alice")
+        tokens = await login(tokend, "alice")
+        await logout(tokend, tokens)
+        assert [await line(), await line()] == ["message", channel]
+        event = json.loads(await line())  # the whole event on this one line
+        claims = unverified(tokens["access_token"])[1]
+        assert event["v"] == 1
+        assert event["type"] == "session.revoked"
+        assert (event["sid"], event["sub"], event["jti"]) == (claims["sid"], claims["sub"], None)
+        assert event["reason"] == "logout"
+        assert event["until"] > event["at"] > 0
+        # its id is the stream entry that holds the same event
+        [(entry_id, fields)] = await redis_client.xrange(f"{redis_prefix}:events")
+        assert event["id"] == entry_id
+        assert {**json.loads(fields["event"]), "id": entry_id} == event
+    finally:
+        proc.kill()
+        await proc.wait()
+
+
+async def measure_revocations(tokend: Any, example: ExampleService, n: int) -> None:
+    """Log in ``n`` sessions, then for each: logout at tokend, poll the example until 401."""
+    await register(tokend, "alice")
+    sessions = [await login(tokend, "alice") for _ in range(n)]
+    for tokens in sessions[:30]:
+        status, _, claims = await example.get("/protected", tokens["access_token"])
+        assert status == 200
+        assert claims == unverified(tokens["access_token"])[1]
+    end_to_end, after_response, first_poll = [], [], 0
+    for tokens in sessions:
+        started = time.perf_counter()
+        await logout(tokend, tokens)
+        answered = time.perf_counter()
+        polls = 0
+        deadline = time.monotonic() + 10
+        while True:
+            status, headers, body = await example.get("/protected", tokens["access_token"])
+            polls += 1
+            if status != 200 or time.monotonic() > deadline:
+                break
+        done = time.perf_counter()
+        end_to_end.append((done - started) * 1000)
+        after_response.append((done - answered) * 1000)
+        first_poll += polls == 1
+        assert status == 401
+        assert body == {"error": "invalid_token", "error_description": "token revoked"}
+        assert headers["WWW-Authenticate"].startswith(
+            'Bearer realm="tokend", error="invalid_token"'
+        )
+    _, _, text = await example.get("/metrics")
+    hist = {
+        s.name: s.value
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+        if s.labels.get("source") == "live" and not s.name.endswith("_bucket")
+    }
+
+    def q(values: list[float], p: float) -> float:
+        return sorted(values)[min(len(values) - 1, int(p * len(values)))]
+
+    print(
+        f"\n{n} logouts at tokend → 401 at the example service (ms):"
+        f"\n  logout sent → first 401:      median {statistics.median(end_to_end):.2f}"
+        f"  p99 {q(end_to_end, 0.99):.2f}  max {max(end_to_end):.2f}"
+        f"\n  logout answered → first 401:  median {statistics.median(after_response):.2f}"
+        f"  p99 {q(after_response, 0.99):.2f}  max {max(after_response):.2f}"
+        f"\n  rejected on the first poll after the logout answer: {first_poll}/{n}"
+        f"\n  listener's own event 'at' → applied: mean "
+        f"{hist['tokend_listener_propagation_seconds_sum'] / n * 1000:.2f}"
+    )
+
+
+async def test_logout_is_rejected_by_the_example_service(tokend, example) -> None:
+    await example.start()
+    await measure_revocations(tokend, example, 30)
+
+
+@pytest.mark.slow
+async def test_propagation_delay_over_a_thousand_revocations(tokend, example) -> None:
+    await example.start()
+    await measure_revocations(tokend, example, 1000)
+
+
+async def test_sessions_revoked_while_stopped_are_rejected_after_restart(tokend, example) -> None:
+    await example.start()
+    for name in ("alice", "bobby", "carol", "ctrl1"):
+        await register(tokend, name)
+    alice = [await login(tokend, "alice") for _ in range(10)]
+    bobby = [await login(tokend, "bobby") for _ in range(5)]
+    carol = [await login(tokend, "carol") for _ in range(5)]
+    control = [await login(tokend, "ctrl1") for _ in range(3)]
+    revoked = alice + bobby + carol
+    assert len(revoked) == 20
+    for tokens in revoked + control:
+        assert (await example.get("/protected", tokens["access_token"]))[0] == 200
+
+    assert await example.stop() == 0  # SIGTERM: a clean shutdown
+    for tokens in alice:  # logout
+        await logout(tokend, tokens)
+    keep = bobby[0]["access_token"]
+    for tokens in bobby:  # DELETE /auth/sessions/{sid} (the caller's own one last)
+        sid = unverified(tokens["access_token"])[1]["sid"]
+        resp = await tokend.delete(f"/auth/sessions/{sid}", headers=bearer(keep))
+        assert resp.status == 204
+        if tokens is bobby[0]:
+            keep = bobby[-1]["access_token"]
+    resp = await tokend.post("/auth/logout-all", headers=bearer(carol[0]["access_token"]))
+    assert resp.status == 204
+
+    await example.start()
+    results = [(await example.get("/protected", t["access_token"]))[0] for t in revoked]
+    missed = sum(1 for status in results if status != 401)
+    print(f"\nrevoked while the example service was down: {len(revoked)}, missed: {missed}")
+    assert missed == 0
+    for tokens in control:
+        assert (await example.get("/protected", tokens["access_token"]))[0] == 200
+
+
+async def test_metrics_and_health(tokend, example) -> None:
+    await example.start()
+    status, _, body = await example.get("/healthz")
+    assert (status, body["status"]) == (200, "ok")
+    status, headers, body = await example.get("/protected")
+    assert status == 401 and headers["WWW-Authenticate"] == 'Bearer realm="tokend"'
+    await register(tokend, "alice")
+    tokens = await login(tokend, "alice")
+    await logout(tokend, tokens)
+    deadline = time.monotonic() + 10
+    while (await example.get("/protected", tokens["access_token"]))[0] == 200:
+        assert time.monotonic() < deadline
+        await asyncio.sleep(0.005)
+    status, headers, text = await example.get("/metrics")
+    assert status == 200 and headers["Content-Type"].startswith("text/plain")
+    samples = {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+    }
+    assert samples[("tokend_listener_events_applied_total", (("type", "session.revoked"),))] == 1
+    assert samples[("tokend_listener_events_applied_total", (("type", "user.revoked"),))] == 0
+    assert samples[("tokend_listener_replays_total", ())] == 1
+    assert samples[("tokend_listener_reconnects_total", ())] == 0
+    assert samples[("tokend_listener_deny_list_size", (("kind", "sid"),))] == 1
+    assert samples[("tokend_listener_connected", ())] == 1
+    assert samples[("tokend_listener_lag_seconds", ())] >= 0
+    assert samples[("tokend_listener_propagation_seconds_count", (("source", "live"),))] == 1
+    latency = samples[("tokend_listener_propagation_seconds_sum", (("source", "live"),))]
+    print(f"\nexample service's own propagation histogram: one event in {latency * 1000:.2f} ms")
+    assert (await example.get("/healthz"))[1]["Content-Type"].startswith("application/json")

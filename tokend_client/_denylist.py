@@ -1,0 +1,84 @@
+"""The in-memory deny list a RevocationListener keeps: sessions, users and tokens.
+
+Each entry lasts until its event's ``until`` (the last moment an affected access
+token can still be unexpired) plus an optional margin, then is dropped: lazily when
+looked up and by ``prune()``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+__all__ = ["DenyList"]
+
+
+class DenyList:
+    """Revoked ``sid``s and ``jti``s, and ``sub``s with the time before which their
+    tokens are revoked."""
+
+    def __init__(self, clock: Callable[[], float], margin: float = 0.0) -> None:
+        self._clock = clock
+        self.margin = margin
+        self.sids: dict[str, float] = {}  # sid → until
+        self.jtis: dict[str, float] = {}  # jti → until
+        self.subs: dict[str, tuple[float, float]] = {}  # sub → (at, until)
+
+    def __len__(self) -> int:
+        return len(self.sids) + len(self.subs) + len(self.jtis)
+
+    def add(self, kind: str, event: dict[str, Any], at: float, until: float) -> None:
+        """Record what an event denies; entries only ever grow (idempotent, order-free)."""
+        if until + self.margin < self._clock():
+            return  # nothing it denied can still be valid
+        sid, sub, jti = event.get("sid"), event.get("sub"), event.get("jti")
+        if kind == "session.revoked" and isinstance(sid, str):
+            self.sids[sid] = max(until, self.sids.get(sid, until))
+        elif kind == "token.revoked" and isinstance(jti, str):
+            self.jtis[jti] = max(until, self.jtis.get(jti, until))
+        elif kind == "user.revoked" and isinstance(sub, str):
+            old_at, old_until = self.subs.get(sub, (at, until))
+            self.subs[sub] = (max(at, old_at), max(until, old_until))
+        # session.expired and key.rotated deny nothing.
+
+    def is_revoked(self, claims: dict[str, Any]) -> bool:
+        """Whether verified access-token claims are denied."""
+        now = self._clock()
+        sid, jti, sub = claims.get("sid"), claims.get("jti"), claims.get("sub")
+        if isinstance(sid, str) and self._live(self.sids, sid, now):
+            return True
+        if isinstance(jti, str) and self._live(self.jtis, jti, now):
+            return True
+        if isinstance(sub, str) and sub in self.subs:
+            at, until = self.subs[sub]
+            if until + self.margin < now:
+                del self.subs[sub]
+                return False
+            iat = claims.get("iat")
+            # iat has whole seconds: a token from the revocation's own second counts as
+            # issued before it, as at the server.
+            return isinstance(iat, int | float) and iat <= at
+        return False
+
+    def _live(self, table: dict[str, float], key: str, now: float) -> bool:
+        until = table.get(key)
+        if until is None:
+            return False
+        if until + self.margin < now:
+            del table[key]
+            return False
+        return True
+
+    def prune(self) -> int:
+        """Drop every entry past its ``until``; how many were dropped."""
+        cutoff = self._clock() - self.margin
+        dropped = 0
+        for table in (self.sids, self.jtis):
+            gone = [key for key, until in table.items() if until < cutoff]
+            for key in gone:
+                del table[key]
+            dropped += len(gone)
+        gone = [key for key, (_, until) in self.subs.items() if until < cutoff]
+        for key in gone:
+            del self.subs[key]
+        return dropped + len(gone)

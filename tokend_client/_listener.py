@@ -1,0 +1,412 @@
+"""Following tokend's revocation events into an in-memory deny list.
+
+tokend writes every revocation to the stream ``<prefix>:events`` and publishes it on
+the channel ``<prefix>:revocations`` in one atomic step. Pub/sub alone is
+at-most-once, so the listener's one background task does, on every (re)connect:
+
+1. SUBSCRIBE to the channel and wait for the confirmation, so nothing published
+   from now on can be missed;
+2. XRANGE the stream from the last applied entry id (exclusive; ``-`` at first
+   start), which holds everything published before the subscription took effect;
+3. apply live messages, skipping any id not above the last applied one (stream ids
+   compare as ``(ms, seq)``), so events seen both ways are applied once.
+
+Any Redis error ends the round: the task backs off (0.1 s doubling to 5 s),
+reconnects and starts again at step 1. Deny entries live until their event's
+``until`` and are pruned lazily and periodically.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import math
+import time
+from collections import Counter as TypeCounter
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, TypeGuard, cast
+
+import redis.asyncio as aioredis
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
+from redis.exceptions import RedisError
+
+from ._denylist import DenyList
+
+__all__ = ["RevocationListener"]
+
+log = logging.getLogger("tokend_client.listener")
+
+EVENT_TYPES = ("session.revoked", "user.revoked", "token.revoked", "session.expired", "key.rotated")
+REPLAY_BATCH = 500
+Clock = Callable[[], float]
+StreamId = tuple[int, int]
+EventCallback = Callable[[dict[str, Any]], object]
+
+
+def parse_stream_id(value: str) -> StreamId:
+    """A stream entry id ``"<ms>-<seq>"`` as a comparable ``(ms, seq)`` tuple."""
+    ms, sep, seq = value.partition("-")
+    if not sep:
+        raise ValueError(f"not a stream id: {value!r}")
+    return int(ms), int(seq)
+
+
+@dataclass(frozen=True)
+class _Metrics:
+    applied: Counter
+    skipped: Counter
+    invalid: Counter
+    replays: Counter
+    reconnects: Counter
+    deny_list: Gauge
+    connected: Gauge
+    lag: Gauge
+    propagation: Histogram
+
+
+class RevocationListener:
+    """Keeps a deny list of revoked sessions, users and tokens fed by tokend's events.
+
+    ``start()`` (or ``async with``) runs the background task, ``close()`` stops it;
+    ``wait_ready()`` returns once the first replay is done. ``on_event`` is called
+    with every newly applied event (for example the verifier's ``request_refresh``
+    on ``key.rotated``); it must not block. Metrics go to ``registry`` (its own
+    when none is given). ``retention_margin`` keeps deny entries that many seconds
+    past ``until``: set it when your verifier's leeway exceeds tokend's. The other
+    keywords tune the reconnect backoff, the prune period and the liveness ping.
+    """
+
+    def __init__(
+        self,
+        redis_url: str,
+        *,
+        prefix: str = "tokend",
+        clock: Clock = time.time,
+        registry: CollectorRegistry | None = None,
+        on_event: EventCallback | None = None,
+        retention_margin: float = 0.0,
+        backoff_initial: float = 0.1,
+        backoff_max: float = 5.0,
+        prune_interval: float = 30.0,
+        ping_interval: float = 5.0,
+    ) -> None:
+        self.redis_url = redis_url
+        self.prefix = prefix
+        self.channel = f"{prefix}:revocations"
+        self.stream = f"{prefix}:events"
+        self.on_event = on_event
+        self.backoff_initial = backoff_initial
+        self.backoff_max = backoff_max
+        self.prune_interval = prune_interval
+        self.ping_interval = ping_interval
+        self._clock = clock
+        self._task: asyncio.Task[None] | None = None
+        self._ready = asyncio.Event()
+        self._last_id: StreamId | None = None
+        self._last_at: float | None = None
+        self._last_prune = clock()
+        self._live = False
+        #: The deny list itself (sessions, users, tokens).
+        self.deny_list = DenyList(clock, retention_margin)
+        #: Events applied, by type (each stream entry at most once).
+        self.applied: TypeCounter[str] = TypeCounter()
+        #: Messages skipped because their id was already applied.
+        self.skipped = 0
+        #: Messages that were not valid v1 events (ignored).
+        self.invalid = 0
+        #: Completed stream replays (one per successful (re)connect).
+        self.replays = 0
+        #: Reconnect attempts after a Redis error.
+        self.reconnects = 0
+        #: Seconds from an event's ``at`` to its application, for the last applied event.
+        self.last_propagation: float | None = None
+        self.registry = registry if registry is not None else CollectorRegistry()
+        self._metrics = self._make_metrics(self.registry)
+
+    def _make_metrics(self, registry: CollectorRegistry) -> _Metrics:
+        m = _Metrics(
+            applied=Counter(
+                "tokend_listener_events_applied_total",
+                "Revocation events applied, by type",
+                ["type"],
+                registry=registry,
+            ),
+            skipped=Counter(
+                "tokend_listener_events_skipped_total",
+                "Messages skipped because their stream id was already applied",
+                registry=registry,
+            ),
+            invalid=Counter(
+                "tokend_listener_events_invalid_total",
+                "Messages that were not valid v1 revocation events",
+                registry=registry,
+            ),
+            replays=Counter(
+                "tokend_listener_replays_total", "Stream replays completed", registry=registry
+            ),
+            reconnects=Counter(
+                "tokend_listener_reconnects_total",
+                "Reconnects after a Redis error",
+                registry=registry,
+            ),
+            deny_list=Gauge(
+                "tokend_listener_deny_list_size",
+                "Deny-list entries, by kind",
+                ["kind"],
+                registry=registry,
+            ),
+            connected=Gauge(
+                "tokend_listener_connected",
+                "1 while subscribed and replayed, else 0",
+                registry=registry,
+            ),
+            lag=Gauge(
+                "tokend_listener_lag_seconds",
+                "Seconds since the 'at' of the last applied event",
+                registry=registry,
+            ),
+            propagation=Histogram(
+                "tokend_listener_propagation_seconds",
+                "Seconds from an event's 'at' to its application, by how it arrived",
+                ["source"],
+                registry=registry,
+                buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 5, 30, 300),
+            ),
+        )
+        deny = self.deny_list
+        m.deny_list.labels("sid").set_function(lambda: len(deny.sids))
+        m.deny_list.labels("sub").set_function(lambda: len(deny.subs))
+        m.deny_list.labels("jti").set_function(lambda: len(deny.jtis))
+        m.lag.set_function(lambda: self.lag or 0.0)
+        for event_type in EVENT_TYPES:
+            m.applied.labels(event_type)
+        return m
+
+    # lifecycle
+
+    async def __aenter__(self) -> RevocationListener:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.close()
+
+    async def start(self) -> None:
+        """Start the background task (idempotent); see ``wait_ready``."""
+        if self._task is None or self._task.done():
+            self._task = asyncio.create_task(self._run(), name=f"tokend-listener:{self.prefix}")
+
+    async def close(self) -> None:
+        """Stop the background task and close its connection."""
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+        self._metrics.connected.set(0)
+
+    async def wait_ready(self) -> None:
+        """Return once the first replay is done (wrap it in ``asyncio.timeout`` to bound it)."""
+        await self._ready.wait()
+
+    @property
+    def ready(self) -> bool:
+        """Whether the deny list has been replayed from the stream at least once."""
+        return self._ready.is_set()
+
+    @property
+    def last_id(self) -> str | None:
+        """The stream id of the last applied event."""
+        return None if self._last_id is None else f"{self._last_id[0]}-{self._last_id[1]}"
+
+    @property
+    def lag(self) -> float | None:
+        """Seconds since the ``at`` of the last applied event (None before any)."""
+        return None if self._last_at is None else max(0.0, self._clock() - self._last_at)
+
+    @property
+    def deny_list_size(self) -> int:
+        """Entries in the deny list (sessions, users and tokens), expired ones included
+        until they are pruned."""
+        return len(self.deny_list)
+
+    # the deny list
+
+    def is_revoked(self, claims: dict[str, Any]) -> bool:
+        """Whether verified access-token claims are denied by an applied event."""
+        return self.deny_list.is_revoked(claims)
+
+    def prune(self) -> int:
+        """Drop every deny entry whose ``until`` has passed; how many were dropped."""
+        self._last_prune = self._clock()
+        return self.deny_list.prune()
+
+    def _apply(self, entry_id: str, event: Any, source: str) -> None:
+        """Apply one event once; ``entry_id`` orders it in the stream."""
+        try:
+            position = parse_stream_id(entry_id)
+        except ValueError:
+            self._invalid(entry_id, "bad id")
+            return
+        if self._last_id is not None and position <= self._last_id:
+            self.skipped += 1
+            self._metrics.skipped.inc()
+            return
+        self._last_id = position
+        if not isinstance(event, dict) or event.get("v") != 1:
+            self._invalid(entry_id, "not a v1 event")
+            return
+        kind, at, until = event.get("type"), event.get("at"), event.get("until")
+        if not isinstance(kind, str) or not _is_number(at) or not _is_number(until):
+            self._invalid(entry_id, "missing type, at or until")
+            return
+        now = self._clock()
+        self.deny_list.add(kind, event, float(at), float(until))
+        self._last_at = float(at)
+        self.last_propagation = now - float(at)
+        self._metrics.propagation.labels(source).observe(max(0.0, self.last_propagation))
+        self.applied[kind] += 1
+        self._metrics.applied.labels(kind).inc()
+        if self.on_event is not None:
+            try:
+                self.on_event({**event, "id": entry_id})
+            except Exception:
+                log.exception("on_event callback failed for %s", entry_id)
+
+    def _invalid(self, entry_id: str, why: str) -> None:
+        self.invalid += 1
+        self._metrics.invalid.inc()
+        log.warning("ignoring revocation message %s: %s", entry_id, why)
+
+    # the background task
+
+    async def _run(self) -> None:
+        delay = self.backoff_initial
+        while True:
+            self._live = False
+            try:
+                await self._follow()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # RedisError, OSError, or a bug: back off and go on
+                level = logging.WARNING if isinstance(exc, RedisError | OSError) else logging.ERROR
+                if self._live:  # the connection worked: start the backoff afresh
+                    delay = self.backoff_initial
+                log.log(level, "revocation listener: %r; reconnecting in %.1fs", exc, delay)
+            self._metrics.connected.set(0)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, self.backoff_max)
+            self.reconnects += 1
+            self._metrics.reconnects.inc()
+
+    async def _follow(self) -> None:
+        """One connection's life: subscribe, replay, then apply live messages."""
+        client = aioredis.Redis.from_url(
+            self.redis_url,
+            decode_responses=True,
+            socket_connect_timeout=5,
+            socket_timeout=max(10.0, 2 * self.ping_interval),
+            socket_keepalive=True,
+            # No transparent reconnect: every reconnect must go through the replay.
+            retry=Retry(NoBackoff(), 0),
+            client_name=f"tokend-listener:{self.prefix}",
+        )
+        pubsub = client.pubsub()
+        try:
+            await pubsub.subscribe(self.channel)
+            await self._confirm_subscription(pubsub)
+            await self._check_reset(client)
+            await self._replay(client)
+            self._live = True
+            self._metrics.connected.set(1)
+            self._ready.set()
+            await self._consume(pubsub)
+        finally:
+            with contextlib.suppress(Exception):
+                await pubsub.aclose()  # type: ignore[no-untyped-call]
+            with contextlib.suppress(Exception):
+                await client.aclose()
+
+    async def _confirm_subscription(self, pubsub: aioredis.client.PubSub) -> None:
+        async with asyncio.timeout(max(5.0, self.ping_interval)):
+            while True:
+                message = await pubsub.get_message(timeout=1.0)
+                if message is not None and message["type"] == "subscribe":
+                    return
+
+    async def _check_reset(self, client: aioredis.Redis) -> None:
+        # A stream that is empty or ends before our last id was recreated (a Redis
+        # restart without persistence, a restore): its ids start afresh.
+        if self._last_id is None:
+            return
+        top = cast(
+            list[tuple[str, dict[str, str]]],
+            await client.xrevrange(self.stream, max="+", min="-", count=1),
+        )
+        if not top or parse_stream_id(top[0][0]) < self._last_id:
+            log.warning("revocation stream %s was reset; replaying it whole", self.stream)
+            self._last_id = None
+
+    async def _replay(self, client: aioredis.Redis) -> None:
+        """Apply every stream entry after the last applied one."""
+        while True:
+            start = "-" if self._last_id is None else f"({self.last_id}"
+            entries = cast(
+                list[tuple[str, dict[str, str]]],
+                await client.xrange(self.stream, min=start, max="+", count=REPLAY_BATCH),
+            )
+            for entry_id, fields in entries:
+                self._apply(entry_id, _loads(fields.get("event")), "replay")
+            if len(entries) < REPLAY_BATCH:
+                break
+        self.replays += 1
+        self._metrics.replays.inc()
+
+    async def _consume(self, pubsub: aioredis.client.PubSub) -> None:
+        # After ping_interval of silence, a ping; no answer within another interval
+        # means the connection is dead even if TCP has not noticed (a frozen server).
+        poll = min(1.0, self.ping_interval / 2)
+        last_heard = time.monotonic()
+        pinged_at: float | None = None
+        while True:
+            # Every reply counts as a sign of life (a ping's reply has no stable shape
+            # across protocol versions), so subscribe messages are not filtered out.
+            message = await pubsub.get_message(timeout=poll)
+            now = time.monotonic()
+            if message is not None:
+                last_heard, pinged_at = now, None
+                if message["type"] == "message":
+                    self._on_message(message["data"])
+            elif pinged_at is None and now - last_heard >= self.ping_interval:
+                await pubsub.ping()
+                pinged_at = now
+            elif pinged_at is not None and now - pinged_at >= self.ping_interval:
+                raise TimeoutError("no answer from Redis to a ping")
+            if self._clock() - self._last_prune >= self.prune_interval:
+                self.prune()
+
+    def _on_message(self, data: Any) -> None:
+        event = _loads(data)
+        entry_id = event.get("id") if isinstance(event, dict) else None
+        if not isinstance(entry_id, str):
+            self._invalid("?", "message without a stream id")
+            return
+        self._apply(entry_id, event, "live")
+
+
+def _loads(data: Any) -> Any:
+    if not isinstance(data, str | bytes):
+        return None
+    try:
+        return json.loads(data)
+    except ValueError:
+        return None
+
+
+def _is_number(value: object) -> TypeGuard[int | float]:
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
