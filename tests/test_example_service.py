@@ -276,3 +276,52 @@ async def test_metrics_and_health(tokend, example) -> None:
     latency = samples[("tokend_listener_propagation_seconds_sum", (("source", "live"),))]
     print(f"\nexample service's own propagation histogram: one event in {latency * 1000:.2f} ms")
     assert (await example.get("/healthz"))[1]["Content-Type"].startswith("application/json")
+
+
+async def test_key_rotation_under_load(tokend, example) -> None:
+    """Tokens from before a rotation keep verifying; tokens after it carry the new kid."""
+    from service.http.appkeys import AUTH, KEYSTORE
+    from workers.rotation import rotate_and_announce
+
+    example.env["TOKEND_JWKS_MIN_REFETCH"] = "0.5"
+    await example.start()
+    await register(tokend, "alice")
+    sessions = [await login(tokend, "alice") for _ in range(4)]
+    old_kid = unverified(sessions[0]["access_token"])[0]["kid"]
+    statuses: list[int] = []
+    new_kids: set[str] = set()
+    stop = asyncio.Event()
+
+    async def load(tokens: dict[str, Any]) -> None:
+        old_access, refresh = tokens["access_token"], tokens["refresh_token"]
+        while not stop.is_set():
+            statuses.append((await example.get("/protected", old_access))[0])
+            resp = await tokend.post("/auth/refresh", headers=bearer(refresh))
+            assert resp.status == 200
+            body = await resp.json()
+            refresh = body["refresh_token"]
+            new_kids.add(unverified(body["access_token"])[0]["kid"])
+            statuses.append((await example.get("/protected", body["access_token"]))[0])
+
+    workers = [asyncio.create_task(load(t)) for t in sessions]
+    await asyncio.sleep(0.5)
+    generation = await rotate_and_announce(
+        tokend.app[KEYSTORE],
+        tokend.app[AUTH].sessions,
+        alg="EdDSA",
+        now=time.time(),
+        publish_delay=2,
+        reason="test",
+    )
+    assert generation == 2
+    await asyncio.sleep(3.5)  # past the publish delay: the new key signs
+    stop.set()
+    await asyncio.gather(*workers)
+    new_kid = next(
+        k.kid
+        for k in tokend.app[KEYSTORE] and await tokend.app[KEYSTORE].load()
+        if k.generation == 2
+    )
+    assert new_kids == {old_kid, new_kid}
+    assert len(statuses) > 50
+    assert set(statuses) == {200}, statuses.count(401)

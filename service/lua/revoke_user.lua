@@ -17,7 +17,11 @@ if keep == '' then
     n = n + 1
   end
   redis.call('DEL', KEYS[1])
-  redis.call('SET', KEYS[2], now, 'EXAT', math.ceil(tonumber(untl)))
+  -- keep the later revocation time: API processes' clocks may differ slightly
+  local before = tonumber(redis.call('GET', KEYS[2]) or '0')
+  if tonumber(now) > before then
+    redis.call('SET', KEYS[2], now, 'EXAT', math.ceil(tonumber(untl)))
+  end
   emit(prefix .. ':events', prefix .. ':revocations', retention, {
     type = 'user.revoked', sub = uid, sid = cjson.null, jti = cjson.null, reason = reason,
     at = tonumber(now), ['until'] = tonumber(untl),
