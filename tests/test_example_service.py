@@ -317,11 +317,8 @@ async def test_key_rotation_under_load(tokend, example) -> None:
     await asyncio.sleep(3.5)  # past the publish delay: the new key signs
     stop.set()
     await asyncio.gather(*workers)
-    new_kid = next(
-        k.kid
-        for k in tokend.app[KEYSTORE] and await tokend.app[KEYSTORE].load()
-        if k.generation == 2
-    )
+    keys = await tokend.app[KEYSTORE].load()
+    new_kid = next(k.kid for k in keys if k.generation == 2)
     assert new_kids == {old_kid, new_kid}
     assert len(statuses) > 50
     assert set(statuses) == {200}, statuses.count(401)
