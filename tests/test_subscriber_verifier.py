@@ -50,6 +50,7 @@ class JwksProxy:
         self.hits = 0
         self.attacker_hits = 0
         self.fail = False
+        self.delay = 0.0
         self.extra_keys: list[dict[str, Any]] = []
         self.attacker_keys: list[dict[str, Any]] = []
         self.url = ""
@@ -57,6 +58,7 @@ class JwksProxy:
 
     async def jwks(self, request: web.Request) -> web.Response:
         self.hits += 1
+        await asyncio.sleep(self.delay)
         if self.fail:
             return web.Response(status=502)
         async with ClientSession() as session, session.get(self.upstream) as resp:
@@ -326,6 +328,28 @@ async def test_a_key_published_later_is_found_by_the_refetch(tokend, proxy, make
     assert (await verifier.verify(token))["sid"] == claims["sid"]
     assert proxy.hits == 2
     assert jwk["kid"] in verifier.kids
+
+
+async def test_concurrent_callers_with_a_new_kid_all_wait_for_one_refetch(
+    tokend, proxy, make_verifier
+) -> None:
+    """The fetch the first caller starts serves everyone: none fails on the rate limit."""
+    tokens, claims = await login_claims(tokend)
+    clock = Clock(claims["iat"])
+    verifier = make_verifier(clock=clock, min_refetch_interval=30)
+    await verifier.verify(tokens["access_token"])
+    private, jwk = attacker_key()  # stands in for tokend's next key
+    proxy.extra_keys = [jwk]
+    token = jwt.encode(
+        claims, private, algorithm="EdDSA", headers={"typ": "at+jwt", "kid": jwk["kid"]}
+    )
+    clock.now += 30
+    proxy.delay = 0.2
+    first = asyncio.create_task(verifier.verify(token))
+    await asyncio.sleep(0.05)  # the refetch is under way when the others arrive
+    results = await asyncio.gather(*(verifier.verify(token) for _ in range(20)))
+    assert {r["sid"] for r in [await first, *results]} == {claims["sid"]}
+    assert proxy.hits == 2
 
 
 async def test_jku_and_jwk_headers_are_never_followed(tokend, proxy, make_verifier) -> None:

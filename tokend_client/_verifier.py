@@ -194,7 +194,9 @@ class TokenVerifier:
             # keys when the issuer is unreachable, retrying once per interval.
             await self._refresh()
         key = self._keys.get(kid)
-        if key is None and self._may_fetch(self._clock()):
+        # Join a fetch already under way (another caller's unknown kid) rather than
+        # failing for the rate limit it just started.
+        if key is None and (self._inflight is not None or self._may_fetch(self._clock())):
             await self._refresh()
             key = self._keys.get(kid)
         if key is None:
