@@ -7,7 +7,8 @@
     │   ├── PayloadTooLarge (413)
     │   ├── HeaderTooLarge (431)
     │   ├── InvalidGrant (400 invalid_grant)
-    │   └── UnsupportedGrantType (400 unsupported_grant_type)
+    │   ├── UnsupportedGrantType (400 unsupported_grant_type)
+    │   └── SocialLoginFailed (400, own code)    OIDC callback: state, provider error, ID token
     ├── ValidationFailed (400 invalid_request)   a field breaks a rule
     ├── InvalidClient (401 invalid_client)
     ├── Unauthorized (401)                     no credentials at all
@@ -19,6 +20,7 @@
     ├── Conflict (409 conflict)
     ├── RateLimited (429 slow_down)            carries retry_after
     └── Unavailable (503 temporarily_unavailable)  Redis or database gone; carries retry_after
+        └── ProviderUnavailable (502)          an OpenID provider down, slow or answering garbage
 
 The domain raises these and never imports aiohttp; ``service.http.errors`` renders them.
 """
@@ -87,6 +89,16 @@ class InvalidScope(BadRequest):
     """The requested scope is not allowed."""
 
     code = "invalid_scope"
+
+
+class SocialLoginFailed(BadRequest):
+    """An OpenID Connect login failed at the callback; ``code`` is an OAuth error code."""
+
+    description = "social login failed"
+
+    def __init__(self, description: str | None = None, code: str = "invalid_request") -> None:
+        super().__init__(description)
+        self.code = code
 
 
 class ValidationFailed(BadRequest):
@@ -189,3 +201,10 @@ class Unavailable(TokendError):
     def __init__(self, description: str | None = None, retry_after: int = 1) -> None:
         super().__init__(description)
         self.retry_after = retry_after
+
+
+class ProviderUnavailable(Unavailable):
+    """An external OpenID provider is unreachable, slow or answered garbage (502: upstream)."""
+
+    status = 502
+    description = "identity provider unavailable"

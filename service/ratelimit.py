@@ -9,9 +9,43 @@ import redis.asyncio as aioredis
 from .errors import RateLimited
 from .redisconn import redis_errors
 
+# Check and count in one atomic step: counting only after the (slow) password verify
+# let any number of concurrent guesses pass the check before the first one was counted.
+# KEYS: user counter, IP counter.  ARGV: per_user, per_ip, window.
+# Returns 0 when the attempt is counted, else the seconds until the blocking window ends.
+_RESERVE = """
+local limits = {tonumber(ARGV[1]), tonumber(ARGV[2])}
+local over, wait = false, 1
+for i, key in ipairs(KEYS) do
+    if tonumber(redis.call('GET', key) or '0') >= limits[i] then
+        over = true
+        wait = math.max(wait, redis.call('TTL', key))
+    end
+end
+if over then
+    return wait
+end
+for _, key in ipairs(KEYS) do
+    redis.call('INCR', key)
+    redis.call('EXPIRE', key, ARGV[3], 'NX')
+end
+return 0
+"""
+
+# Give back an attempt that turned out to succeed (KEYS: IP counter).
+_RELEASE = """
+if tonumber(redis.call('GET', KEYS[1]) or '0') > 0 then
+    redis.call('DECR', KEYS[1])
+end
+return 0
+"""
+
 
 class LoginLimiter:
-    """Fixed-window counters of failed logins; over the limit → RateLimited."""
+    """Fixed-window counters of failed logins; over the limit → RateLimited.
+
+    Every attempt counts as a failure from ``check`` on; ``succeeded`` takes it back.
+    """
 
     def __init__(
         self, redis: aioredis.Redis, *, prefix: str, per_user: int, per_ip: int, window: int
@@ -21,6 +55,8 @@ class LoginLimiter:
         self.per_user = per_user
         self.per_ip = per_ip
         self.window = window
+        self._reserve = redis.register_script(_RESERVE)
+        self._release = redis.register_script(_RELEASE)
 
     def _keys(self, username: str, ip: str) -> tuple[str, str]:
         # Hash the username: arbitrary user input never becomes a raw key name.
@@ -28,35 +64,24 @@ class LoginLimiter:
         return f"{self.prefix}:lf:u:{digest}", f"{self.prefix}:lf:ip:{ip}"
 
     async def check(self, username: str, ip: str) -> None:
-        """Raise RateLimited when either counter is at its limit."""
-        user_key, ip_key = self._keys(username, ip)
+        """Count an attempt against both limits, or raise RateLimited when either is reached."""
         with redis_errors():
-            async with self.redis.pipeline(transaction=False) as pipe:
-                pipe.get(user_key)
-                pipe.get(ip_key)
-                pipe.ttl(user_key)
-                pipe.ttl(ip_key)
-                user_n, ip_n, user_ttl, ip_ttl = await pipe.execute()
-        waits = []
-        if user_n is not None and int(user_n) >= self.per_user:
-            waits.append(user_ttl)
-        if ip_n is not None and int(ip_n) >= self.per_ip:
-            waits.append(ip_ttl)
-        if waits:
-            raise RateLimited(max(max(waits), 1))
+            wait = int(
+                await self._reserve(
+                    keys=list(self._keys(username, ip)),
+                    args=[self.per_user, self.per_ip, self.window],
+                )
+            )
+        if wait:
+            raise RateLimited(wait)
 
     async def failed(self, username: str, ip: str) -> None:
-        """Count one failed login against both the username and the IP."""
-        user_key, ip_key = self._keys(username, ip)
-        with redis_errors():
-            async with self.redis.pipeline(transaction=True) as pipe:
-                for key in (user_key, ip_key):
-                    pipe.incr(key)
-                    pipe.expire(key, self.window, nx=True)
-                await pipe.execute()
+        """A failed login: already counted by ``check``, which must precede it."""
 
-    async def succeeded(self, username: str) -> None:
-        """A successful login clears the username's counter (not the IP's)."""
-        user_key, _ = self._keys(username, "")
+    async def succeeded(self, username: str, ip: str | None = None) -> None:
+        """A successful login clears the username's counter and gives back the IP's attempt."""
+        user_key, ip_key = self._keys(username, ip or "")
         with redis_errors():
             await self.redis.delete(user_key)
+            if ip is not None:
+                await self._release(keys=[ip_key])

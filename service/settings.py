@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
@@ -277,26 +278,58 @@ def _oauth_clients(raw: str) -> dict[str, OAuthClient]:
     return clients
 
 
+_PROVIDER_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
+_PROVIDER_KEYS = ("issuer", "client_id", "client_secret", "scopes")
+
+
 def _oidc_providers(raw: str) -> dict[str, OIDCProvider]:
     providers: dict[str, OIDCProvider] = {}
     for name, spec in _json_object(raw).items():
+        if not _PROVIDER_NAME.fullmatch(name):
+            raise ValueError(
+                f"provider name {name[:64]!r} must be 1 to 64 letters, digits, . _ or - "
+                "(it is part of the callback URL)"
+            )
         if not isinstance(spec, dict):
             raise ValueError(f"provider {name!r}: expected an object")
-        missing = [k for k in ("issuer", "client_id", "client_secret") if not spec.get(k)]
+        unknown = sorted(k for k in spec if k not in _PROVIDER_KEYS)
+        if unknown:
+            raise ValueError(
+                f"provider {name!r}: unknown key {', '.join(map(repr, unknown))} "
+                f"(known: {', '.join(_PROVIDER_KEYS)})"
+            )
+        missing = [k for k in _PROVIDER_KEYS[:3] if not spec.get(k)]
         if missing:
             raise ValueError(f"provider {name!r}: missing {', '.join(missing)}")
+        bad = [k for k in _PROVIDER_KEYS if k in spec and not isinstance(spec[k], str)]
+        if bad:
+            raise ValueError(f"provider {name!r}: {', '.join(bad)} must be a string")
         try:
-            issuer = _http_url(str(spec["issuer"]))
+            issuer = _issuer_url(spec["issuer"])
         except ValueError as exc:
             raise ValueError(f"provider {name!r}: issuer {exc}") from None
+        scopes = " ".join(str(spec.get("scopes") or "openid profile email").split())
+        if "openid" not in scopes.split():
+            raise ValueError(f"provider {name!r}: scopes must include openid, got {scopes!r}")
         providers[name] = OIDCProvider(
             name=name,
             issuer=issuer,
-            client_id=str(spec["client_id"]),
-            client_secret=str(spec["client_secret"]),
-            scopes=str(spec.get("scopes") or "openid profile email"),
+            client_id=spec["client_id"],
+            client_secret=spec["client_secret"],
+            scopes=scopes,
         )
     return providers
+
+
+def _issuer_url(raw: str) -> str:
+    # Kept exactly as given: the ID token's iss is compared with it character for
+    # character, and some issuers end in "/" (OpenID Connect Core section 3.1.3.7).
+    parts = urlsplit(raw)
+    if parts.scheme not in ("http", "https") or not parts.netloc:
+        raise ValueError(f"expected an http(s) URL, got {raw!r}")
+    if parts.query or parts.fragment:
+        raise ValueError(f"must have no query or fragment, got {raw!r}")
+    return raw
 
 
 def _url_list(raw: str) -> tuple[str, ...]:

@@ -90,7 +90,7 @@ async def test_set_disabled(store: SqlUserStore) -> None:
         ("Alice", "alice"),
         ("ALICE.Smith+tag@example.com", "alice.smith+tag@example.com"),
         ("  bob  ", "bob"),
-        ("ａｌｉｃｅ", "alice"),  # fullwidth letters fold to ASCII under NFKC
+        ("\uff41\uff4c\uff49\uff43\uff45", "alice"),  # fullwidth "alice" folds to ASCII (NFKC)
         ("a_1", "a_1"),
         ("x" * 64, "x" * 64),
     ],
@@ -102,7 +102,7 @@ def test_username_normalized(raw: str, expected: str) -> None:
 @pytest.mark.parametrize(
     "raw",
     [
-        "\u0430dmin",  # Cyrillic "а": a homoglyph of "admin"
+        "\u0430dmin",  # a Cyrillic small a: a homoglyph of "admin"
         "admin\x00",
         "ad\x00min",
         "x" * 10_000,
@@ -113,7 +113,7 @@ def test_username_normalized(raw: str, expected: str) -> None:
         "_alice",
         ".alice",
         "ali ce",
-        "alice\n",
+        "ali\nce",
         "al/ice",
         "ælice",
     ],

@@ -12,6 +12,7 @@ from ..auth import Authenticator
 from ..clock import Clock
 from ..keys import KeyRing, SqlKeyStore
 from ..metrics import Metrics
+from ..oidc_flow import SocialLogin
 from ..settings import Settings
 
 SETTINGS = web.AppKey("settings", Settings)
@@ -22,6 +23,7 @@ KEYRING = web.AppKey("keyring", KeyRing)
 KEYSTORE = web.AppKey("keystore", SqlKeyStore)
 AUTH = web.AppKey("auth", Authenticator)
 METRICS = web.AppKey("metrics", Metrics)
+OIDC = web.AppKey("oidc", SocialLogin)
 
 T = TypeVar("T")
 

@@ -48,14 +48,19 @@ def _check_size(request: web.Request) -> None:
 
 async def _read_text(request: web.Request) -> str:
     _check_size(request)
+    # read(n) returns what has arrived so far, not n bytes: collect until the end.
+    chunks: list[bytes] = []
+    size = 0
     try:
-        raw = await request.content.read(MAX_BODY + 1)
+        while chunk := await request.content.readany():
+            size += len(chunk)
+            if size > MAX_BODY:
+                raise PayloadTooLarge()
+            chunks.append(chunk)
     except (web.HTTPRequestEntityTooLarge, ValueError) as exc:
         raise PayloadTooLarge() from exc
-    if len(raw) > MAX_BODY:
-        raise PayloadTooLarge()
     try:
-        return raw.decode("utf-8")
+        return b"".join(chunks).decode("utf-8")
     except UnicodeDecodeError:
         raise BadRequest("body is not valid UTF-8") from None
 
