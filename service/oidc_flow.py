@@ -1,0 +1,279 @@
+"""Social login: the authorization code flow's state, the local user, and one-time login codes.
+
+``begin`` stores state, nonce, PKCE verifier and return_to in Redis (single use, short
+TTL) and gives the provider URL; ``resume`` consumes that record at the callback;
+``finish`` checks the response and the ID token; the local user is found by
+(issuer, subject) only, or created without a password. Tokens never travel in a URL:
+with a return_to the browser carries a one-time ``login_code`` that the application
+redeems for the token body.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import secrets
+from collections.abc import Mapping
+from dataclasses import dataclass
+from urllib.parse import parse_qsl, quote, unquote, urlencode, urlsplit, urlunsplit
+
+from redis.asyncio import Redis
+
+from .auth import Authenticator, ClientInfo, TokenPair
+from .errors import InvalidGrant, NotFound, SocialLoginFailed
+from .identities import ExternalAccount, Identity, IdentityStore
+from .oidc import ProviderClient
+from .redisconn import redis_errors
+from .users import User
+
+STATE_TTL = 600
+LOGIN_CODE_TTL = 60
+MAX_RETURN_TO = 2048
+
+# RFC 6749 section 4.1.2.1 codes passed on from the provider; anything else reads access_denied.
+PROVIDER_ERRORS = frozenset(
+    {
+        "access_denied",
+        "invalid_request",
+        "invalid_scope",
+        "unauthorized_client",
+        "unsupported_response_type",
+        "server_error",
+        "temporarily_unavailable",
+        "login_required",
+        "consent_required",
+        "interaction_required",
+        "account_selection_required",
+    }
+)
+
+
+@dataclass(frozen=True)
+class PendingLogin:
+    """What ``begin`` stored for the callback."""
+
+    provider: str
+    nonce: str
+    verifier: str
+    return_to: str | None
+    link_user: str | None
+
+
+def _port(scheme: str, port: int | None) -> int | None:
+    return port or {"http": 80, "https": 443}.get(scheme)
+
+
+def return_to_allowed(url: str, prefixes: tuple[str, ...]) -> bool:
+    """Whether ``url`` starts with an allowed prefix, compared on parsed URLs.
+
+    Scheme, host and port must be equal (so ``https://app.example.com.evil.com`` never
+    matches ``https://app.example.com``) and the path must continue the prefix's path at
+    a segment boundary; userinfo, backslashes and dot segments are refused outright.
+    """
+    if len(url) > MAX_RETURN_TO or any(c in url for c in "\\\r\n\t ") or not url.isprintable():
+        return False
+    try:
+        got = urlsplit(url)
+        got_port = _port(got.scheme, got.port)
+    except ValueError:
+        return False
+    if got.username is not None or got.password is not None or not got.hostname:
+        return False
+    if any(seg in (".", "..") for seg in unquote(got.path).split("/")):
+        return False
+    for prefix in prefixes:
+        want = urlsplit(prefix)
+        if (got.scheme.lower(), got.hostname, got_port) != (
+            want.scheme.lower(),
+            want.hostname,
+            _port(want.scheme, want.port),
+        ):
+            continue
+        base = want.path or "/"
+        path = got.path or "/"
+        if base.endswith("/") and path.startswith(base):
+            return True
+        if path == base or path.startswith(base + "/"):
+            return True
+    return False
+
+
+def with_query(url: str, **params: str) -> str:
+    """``url`` with ``params`` added to its query (its fragment kept)."""
+    parts = urlsplit(url)
+    query = parse_qsl(parts.query, keep_blank_values=True)
+    query = [(k, v) for k, v in query if k not in params] + list(params.items())
+    return urlunsplit(parts._replace(query=urlencode(query)))
+
+
+def binding_hash(browser: str) -> str:
+    """What is stored for the browser-binding cookie: its hash, never the value."""
+    return hashlib.sha256(browser.encode()).hexdigest()
+
+
+class SocialLogin:
+    """The OpenID Connect login flow for every configured provider."""
+
+    def __init__(
+        self,
+        *,
+        providers: Mapping[str, ProviderClient],
+        redis: Redis,
+        prefix: str,
+        identities: IdentityStore,
+        auth: Authenticator,
+        base_url: str,
+        return_to: tuple[str, ...],
+    ) -> None:
+        self.providers = providers
+        self.redis = redis
+        self.prefix = prefix
+        self.identities = identities
+        self.auth = auth
+        self.base_url = base_url.rstrip("/")
+        self.return_to = return_to
+
+    def provider(self, name: str) -> ProviderClient:
+        """The client of a configured provider; 404 otherwise."""
+        client = self.providers.get(name)
+        if client is None:
+            raise NotFound(f"no OpenID provider named {name[:64]!r}")
+        return client
+
+    def redirect_uri(self, name: str) -> str:
+        """tokend's callback for ``name``, built from TOKEND_ISSUER (the public base URL)."""
+        return f"{self.base_url}/auth/oidc/{quote(name, safe='')}/callback"
+
+    def check_return_to(self, url: object) -> str | None:
+        """A return_to that passed the allow-list, None when absent; 400 otherwise."""
+        if url is None or url == "":
+            return None
+        if not isinstance(url, str) or not return_to_allowed(url, self.return_to):
+            raise SocialLoginFailed("return_to is not an allowed URL (TOKEND_OIDC_RETURN_TO)")
+        return url
+
+    async def begin(
+        self,
+        name: str,
+        *,
+        return_to: str | None,
+        browser: str | None = None,
+        link_user: str | None = None,
+    ) -> str:
+        """Store the flow's secrets and return the provider's authorization URL."""
+        client = self.provider(name)
+        state, nonce = secrets.token_urlsafe(32), secrets.token_urlsafe(32)
+        verifier = secrets.token_urlsafe(48)
+        url = await client.authorization_url(
+            redirect_uri=self.redirect_uri(name), state=state, nonce=nonce, verifier=verifier
+        )
+        record = {
+            "provider": name,
+            "nonce": nonce,
+            "verifier": verifier,
+            "return_to": return_to,
+            "link_user": link_user,
+            "browser": binding_hash(browser) if browser else None,
+        }
+        with redis_errors():
+            await self.redis.set(self._state_key(state), json.dumps(record), ex=STATE_TTL)
+        return url
+
+    async def resume(self, name: str, state: object, browser: str | None) -> PendingLogin:
+        """Consume the state of a callback (single use); 400 when unknown, used or foreign."""
+        self.provider(name)
+        if not isinstance(state, str) or not state or len(state) > 128:
+            raise SocialLoginFailed("missing or malformed state")
+        with redis_errors():
+            raw = await self.redis.getdel(self._state_key(state))
+        if raw is None:
+            raise SocialLoginFailed("unknown, expired or already used state")
+        record = json.loads(raw)
+        if record["provider"] != name:
+            raise SocialLoginFailed("the state belongs to another provider's login")
+        bound = record.get("browser")
+        if bound and not (browser and hmac.compare_digest(bound, binding_hash(browser))):
+            raise SocialLoginFailed("this login was started in another browser")
+        return PendingLogin(
+            provider=name,
+            nonce=record["nonce"],
+            verifier=record["verifier"],
+            return_to=record.get("return_to"),
+            link_user=record.get("link_user"),
+        )
+
+    async def finish(self, pending: PendingLogin, params: Mapping[str, str]) -> ExternalAccount:
+        """Check the authorization response, exchange the code, verify the ID token."""
+        client = self.provider(pending.provider)
+        client.check_iss_parameter(await client.discovery(), params.get("iss"))
+        if "error" in params:
+            error = params["error"]
+            reason = error if error in PROVIDER_ERRORS else "access_denied"
+            detail = "".join(c for c in params.get("error_description", "") if c.isprintable())
+            raise SocialLoginFailed(
+                f"the provider refused the login: {reason}"
+                + (f" ({detail[:200]})" if detail else ""),
+                code=reason,
+            )
+        code = params.get("code")
+        if not code:
+            raise SocialLoginFailed("the authorization response has no code")
+        id_token = await client.exchange(
+            code=code, verifier=pending.verifier, redirect_uri=self.redirect_uri(pending.provider)
+        )
+        claims = await client.verify_id_token(id_token, pending.nonce)
+        return client.account(claims)
+
+    async def local_user(self, account: ExternalAccount) -> User:
+        """The user linked to the account, or a new one; never matched by email."""
+        user = await self.identities.find_or_create_user(account, self.auth.clock())
+        if user.disabled:
+            raise SocialLoginFailed("this account is disabled", code="access_denied")
+        return user
+
+    async def link(self, user_id: str, account: ExternalAccount) -> Identity:
+        """Link the account to the user who started the link flow."""
+        user = await self.auth.users.by_id(user_id)
+        if user is None or user.disabled:
+            raise SocialLoginFailed("the account to link to is gone or disabled", "access_denied")
+        return await self.identities.link(user_id, account, self.auth.clock())
+
+    async def start_session(self, user: User, client: ClientInfo) -> TokenPair:
+        """tokend's own session for a user who logged in at a provider."""
+        pair = await self.auth.start_session(user, client)
+        self.auth.metrics.logins.labels("oidc").inc()
+        return pair
+
+    async def issue_login_code(self, user: User, client: ClientInfo) -> str:
+        """A one-time code for the application to redeem (LOGIN_CODE_TTL seconds)."""
+        code = secrets.token_urlsafe(32)
+        record = {"user": user.id, "ip": client.ip, "user_agent": client.user_agent}
+        with redis_errors():
+            await self.redis.set(self._code_key(code), json.dumps(record), ex=LOGIN_CODE_TTL)
+        return code
+
+    async def redeem_login_code(self, code: object) -> TokenPair:
+        """The token pair of a login code; once only (400 invalid_grant afterwards).
+
+        The session starts here, not at the callback, so no tokens wait in Redis and an
+        abandoned code leaves no session behind. It records the browser of the callback.
+        """
+        if not isinstance(code, str) or not code or len(code) > 128:
+            raise InvalidGrant("login_code is required")
+        with redis_errors():
+            raw = await self.redis.getdel(self._code_key(code))
+        if raw is None:
+            raise InvalidGrant("unknown, expired or already used login_code")
+        record = json.loads(raw)
+        user = await self.auth.users.by_id(record["user"])
+        if user is None or user.disabled:
+            raise InvalidGrant("the account of this login_code is no longer active")
+        client = ClientInfo(ip=record["ip"], user_agent=record["user_agent"])
+        return await self.start_session(user, client)
+
+    def _state_key(self, state: str) -> str:
+        return f"{self.prefix}:oidc:state:{hashlib.sha256(state.encode()).hexdigest()}"
+
+    def _code_key(self, code: str) -> str:
+        return f"{self.prefix}:oidc:code:{hashlib.sha256(code.encode()).hexdigest()}"
