@@ -164,7 +164,7 @@ def setup_auth(app: web.Application, settings: Settings, kek: bytes) -> None:
 
     async def ctx(app: web.Application) -> AsyncIterator[None]:
         executor = ThreadPoolExecutor(
-            max_workers=max(2, os.cpu_count() or 2), thread_name_prefix="argon2"
+            max_workers=settings.hash_workers, thread_name_prefix="argon2"
         )
         hasher = PasswordHasher(
             time_cost=settings.argon2_time_cost,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -66,6 +67,9 @@ class Settings:
     argon2_time_cost: int = 2
     argon2_memory_kib: int = 19_456
     argon2_parallelism: int = 1
+    # Threads hashing passwords: by default one core fewer than the machine has, so a
+    # login storm never takes the event loop's core (refreshes keep their latency).
+    hash_workers: int = field(default_factory=lambda: max(1, (os.cpu_count() or 2) - 1))
     key_rotation_period: int = 30 * 86_400
     key_publish_delay: int = 900
     trust_forwarded_for: bool = False
@@ -121,6 +125,7 @@ class Settings:
             argon2_parallelism=r.get(
                 "TOKEND_ARGON2_PARALLELISM", cls.argon2_parallelism, _positive
             ),
+            hash_workers=r.get("TOKEND_HASH_WORKERS", max(1, (os.cpu_count() or 2) - 1), _positive),
             key_rotation_period=r.get(
                 "TOKEND_KEY_ROTATION_PERIOD", cls.key_rotation_period, _positive
             ),

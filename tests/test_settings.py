@@ -175,3 +175,12 @@ def test_bad_setting_stops_the_cli_with_one_line(tmp_path: Path) -> None:
     assert "Traceback" not in proc.stderr
     assert proc.stdout == ""
     assert not (tmp_path / "tokend.db").exists()  # stopped before touching anything
+
+
+def test_hash_workers_leave_a_core_to_the_event_loop() -> None:
+    import os
+
+    assert Settings.from_env({}).hash_workers == max(1, (os.cpu_count() or 2) - 1)
+    assert Settings.from_env({"TOKEND_HASH_WORKERS": "3"}).hash_workers == 3
+    with pytest.raises(ConfigError, match=r"^TOKEND_HASH_WORKERS: "):
+        Settings.from_env({"TOKEND_HASH_WORKERS": "0"})
