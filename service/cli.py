@@ -205,6 +205,9 @@ def _parser() -> argparse.ArgumentParser:
         metavar="ID",
         help="replay the stream after this entry id first ('-' for all it keeps)",
     )
+    from .client_cli import add_client_parser
+
+    add_client_parser(sub)
     return parser
 
 
@@ -221,6 +224,10 @@ def run(argv: Sequence[str], env: Mapping[str, str]) -> int:
     if args.command == "keys" and args.action == "kek":
         print(generate_kek())
         return 0
+    if args.command == "client":  # a client of some tokend: needs no server settings
+        from .client_cli import run_client
+
+        return run_client(args, env)
     settings = _settings(env)
     if args.command == "serve":
         resolve_kek(settings)

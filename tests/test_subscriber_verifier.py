@@ -149,21 +149,35 @@ def test_public_surface_and_no_server_imports() -> None:
     assert sorted(tokend_client.__all__) == sorted(
         [
             "CLAIMS_KEY",
+            "FileTokenStore",
             "InvalidToken",
             "JWKSUnavailable",
+            "LoginFailed",
+            "LoginHook",
             "LoginRequired",
+            "MemoryTokenStore",
             "RevocationListener",
             "TokenExpired",
             "TokenRevoked",
+            "TokenSession",
+            "TokenStore",
             "TokenVerifier",
             "TokendClientError",
+            "TokendUnavailable",
+            "Tokens",
             "auth_middleware",
             "setup",
         ]
     )
     for name in tokend_client.__all__:
         assert getattr(tokend_client, name) is not None
-    for name in ("InvalidToken", "JWKSUnavailable", "LoginRequired"):
+    for name in (
+        "InvalidToken",
+        "JWKSUnavailable",
+        "LoginRequired",
+        "LoginFailed",
+        "TokendUnavailable",
+    ):
         assert issubclass(getattr(tokend_client, name), tokend_client.TokendClientError)
     assert issubclass(tokend_client.TokenExpired, InvalidToken)
     assert issubclass(tokend_client.TokenRevoked, InvalidToken)

@@ -5,7 +5,10 @@
     │   ├── TokenExpired    past ``exp`` (after the verifier's leeway)
     │   └── TokenRevoked    on the revocation listener's deny list
     ├── JWKSUnavailable     503: no signing keys could be fetched; carries ``retry_after``
-    └── LoginRequired       the session is over; the user has to log in again (client side)
+    ├── LoginRequired       the session is over; the user has to log in again (client side)
+    ├── LoginFailed         tokend refused a login: bad credentials, or 429 with ``retry_after``
+    └── TokendUnavailable   tokend answered 503 or could not be reached (client side); the
+                            tokens are kept; carries ``retry_after``
 
 Each error knows its OAuth error code and HTTP status, so one place (the middleware)
 renders them all. PyJWT, aiohttp and redis errors are wrapped where they enter the
@@ -17,10 +20,12 @@ from __future__ import annotations
 __all__ = [
     "InvalidToken",
     "JWKSUnavailable",
+    "LoginFailed",
     "LoginRequired",
     "TokenExpired",
     "TokenRevoked",
     "TokendClientError",
+    "TokendUnavailable",
 ]
 
 
@@ -75,3 +80,30 @@ class LoginRequired(TokendClientError):
     status = 401
     code = "invalid_grant"
     description = "log in again"
+
+
+class LoginFailed(TokendClientError):
+    """tokend refused the login: wrong username or password, or too many attempts (429)."""
+
+    status = 401
+    code = "invalid_grant"
+    description = "login failed"
+
+    def __init__(
+        self, description: str | None = None, *, status: int = 401, retry_after: int | None = None
+    ) -> None:
+        super().__init__(description)
+        self.status = status
+        self.retry_after = retry_after
+
+
+class TokendUnavailable(TokendClientError):
+    """tokend answered 503 or could not be reached; nothing was lost, retry later."""
+
+    status = 503
+    code = "temporarily_unavailable"
+    description = "tokend is unavailable"
+
+    def __init__(self, description: str | None = None, retry_after: int = 5) -> None:
+        super().__init__(description)
+        self.retry_after = max(1, int(retry_after))
