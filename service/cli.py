@@ -1,4 +1,4 @@
-"""The `tokend` command line: serve, work, dev, db, users, keys, events."""
+"""The `tokend` command line: serve, work, dev, db, users, keys, events, client."""
 
 from __future__ import annotations
 
