@@ -20,7 +20,7 @@ from .clock import Clock, system_clock
 from .crypto import Sealer, decode_kek, load_or_create_dev_kek
 from .db import make_engine, sqlite_path
 from .errors import ConfigError, TokendError
-from .http import auth_routes, health, oauth_routes, oidc_routes, wellknown
+from .http import auth_routes, health, oauth_routes, oidc_routes, openapi, wellknown
 from .http.appkeys import AUTH, CLOCK, ENGINE, KEYRING, KEYSTORE, METRICS, REDIS, SETTINGS
 from .http.errors import error_middleware, header_size_middleware
 from .http.request import MAX_BODY
@@ -222,4 +222,5 @@ def create_app(settings: Settings, *, clock: Clock = system_clock) -> web.Applic
     app.router.add_routes(auth_routes.routes)
     app.router.add_routes(oauth_routes.routes)
     app.router.add_routes(oidc_routes.routes)
+    app.router.add_routes(openapi.routes)
     return app

@@ -1,0 +1,455 @@
+"""The OpenAPI document: valid, complete, and true of a running tokend (schemathesis).
+
+The schemathesis run starts tokend in-process on a real port (its TOKEND_ISSUER is its own
+URL) next to a small OpenID provider of the test's own, prepares a user, sessions, tokens,
+a login code and a callback, patches them into the document's examples, and runs ``st run``
+as a subprocess awaited on the event loop that serves tokend. Afterwards tokend's own
+metrics must show a success answer on every operation: the examples reached the success
+paths, not only the error ones.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import os
+import re
+import secrets
+import shlex
+import shutil
+import sys
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qs, urlencode, urlsplit
+
+import aiohttp
+import jwt
+import pytest
+from aiohttp import web
+from aiohttp.test_utils import TestClient
+from cryptography.hazmat.primitives.asymmetric import ed25519
+from jwt.algorithms import OKPAlgorithm
+
+from service.app import create_app
+from service.devredis import free_port
+from service.http.appkeys import SETTINGS
+from service.http.openapi import build_document
+from service.settings import Settings
+from tests.helpers import PASSWORD, TokendTestServer, bearer, unverified
+
+CONFIG = Path(__file__).with_name("schemathesis.toml")
+CLIENT_ID, CLIENT_SECRET = "st-app", "st-app-secret"
+OIDC_CLIENT_ID = "tokend"
+RETURN_TO = "https://app.example.com/done"
+ST_TIMEOUT = float(os.environ.get("TOKEND_TEST_ST_TIMEOUT", "240"))
+# The CI run is fixed (seed 1, 20 examples an operation); set these to explore further.
+ST_SEED = os.environ.get("TOKEND_TEST_ST_SEED", "1")
+ST_MAX_EXAMPLES = os.environ.get("TOKEND_TEST_ST_MAX_EXAMPLES", "20")
+ST_EXTRA_ARGS = shlex.split(os.environ.get("TOKEND_TEST_ST_ARGS", ""))
+
+
+def _operations(document: dict[str, Any]) -> set[tuple[str, str]]:
+    return {
+        (method.upper(), path)
+        for path, item in document["paths"].items()
+        for method in item
+        if method in ("get", "put", "post", "delete", "patch")
+    }
+
+
+# -- the document itself -----------------------------------------------------------------
+
+
+def test_document_is_valid_openapi() -> None:
+    from openapi_spec_validator import validate
+
+    settings = Settings.from_env(
+        {
+            "TOKEND_ISSUER": "https://auth.example.com",
+            "TOKEND_OIDC_PROVIDERS": json.dumps(
+                {
+                    "google": {
+                        "issuer": "https://accounts.google.com",
+                        "client_id": "x",
+                        "client_secret": "y",
+                    }
+                }
+            ),
+        }
+    )
+    document = build_document(settings)
+    validate(document)
+    assert document["servers"] == [{"url": "https://auth.example.com"}]
+    assert validate(build_document(Settings())) is None
+
+
+def test_every_route_is_documented_and_every_documented_path_exists(tmp_path: Path) -> None:
+    settings = Settings.from_env({"TOKEND_DATABASE_URL": f"sqlite+aiosqlite:///{tmp_path}/t.db"})
+    app = create_app(settings)
+    served: set[tuple[str, str]] = set()
+    for route in app.router.routes():
+        info = route.resource.get_info() if route.resource is not None else {}
+        path = info.get("path") or info.get("formatter")
+        assert path, f"a route without a path: {route!r}"
+        served.add((route.method, path))
+    # aiohttp adds HEAD beside every GET; HEAD is part of GET in HTTP and not documented.
+    served = {(m, p) for m, p in served if not (m == "HEAD" and ("GET", p) in served)}
+    documented = _operations(build_document(settings))
+    assert served - documented == set(), "routes missing from the OpenAPI document"
+    assert documented - served == set(), "documented operations that tokend does not serve"
+
+
+async def test_served_document_matches_the_settings(make_client: Any) -> None:
+    client: TestClient[Any, Any] = await make_client(TOKEND_ISSUER="https://auth.example.com")
+    resp = await client.get("/openapi.json")
+    assert resp.status == 200
+    assert resp.content_type == "application/json"
+    document = await resp.json()
+    assert document["servers"] == [{"url": "https://auth.example.com"}]
+    assert document == json.loads(json.dumps(build_document(client.app[SETTINGS])))
+
+
+async def test_openapi_json_is_listed_among_its_own_operations(make_client: Any) -> None:
+    client: TestClient[Any, Any] = await make_client()
+    document = await (await client.get("/openapi.json")).json()
+    assert ("GET", "/openapi.json") in _operations(document)
+
+
+# -- a tiny OpenID provider for the social-login success paths -----------------------------
+
+
+class FakeProvider:
+    """Discovery, JWKS, an authorization endpoint that approves at once, a token endpoint."""
+
+    def __init__(self) -> None:
+        self.key = ed25519.Ed25519PrivateKey.generate()
+        jwk = OKPAlgorithm.to_jwk(self.key.public_key(), as_dict=True)
+        self.jwk = {**jwk, "kid": "k1", "alg": "EdDSA", "use": "sig"}
+        self.issuer = ""
+        self.codes: dict[str, dict[str, str]] = {}
+        app = web.Application()
+        app.router.add_get("/.well-known/openid-configuration", self._discovery)
+        app.router.add_get("/jwks", self._jwks)
+        app.router.add_get("/authorize", self._authorize)
+        app.router.add_post("/token", self._token)
+        self.app = app
+
+    async def _discovery(self, request: web.Request) -> web.Response:
+        return web.json_response(
+            {
+                "issuer": self.issuer,
+                "authorization_endpoint": f"{self.issuer}/authorize",
+                "token_endpoint": f"{self.issuer}/token",
+                "jwks_uri": f"{self.issuer}/jwks",
+                "token_endpoint_auth_methods_supported": ["client_secret_post"],
+                "id_token_signing_alg_values_supported": ["EdDSA"],
+                "authorization_response_iss_parameter_supported": True,
+            }
+        )
+
+    async def _jwks(self, request: web.Request) -> web.Response:
+        return web.json_response({"keys": [self.jwk]})
+
+    async def _authorize(self, request: web.Request) -> web.Response:
+        """Every login is approved, each for a new account (a new subject)."""
+        code = secrets.token_urlsafe(16)
+        self.codes[code] = {"nonce": request.query["nonce"], "sub": uuid.uuid4().hex}
+        query = urlencode({"code": code, "state": request.query["state"], "iss": self.issuer})
+        raise web.HTTPFound(f"{request.query['redirect_uri']}?{query}")
+
+    async def _token(self, request: web.Request) -> web.Response:
+        form = await request.post()
+        grant = self.codes.pop(str(form.get("code")), None)
+        if grant is None:
+            return web.json_response({"error": "invalid_grant"}, status=400)
+        now = int(time.time())
+        claims = {
+            "iss": self.issuer,
+            "sub": grant["sub"],
+            "aud": OIDC_CLIENT_ID,
+            "iat": now,
+            "exp": now + 300,
+            "nonce": grant["nonce"],
+            "email": f"{grant['sub'][:8]}@example.org",
+        }
+        id_token = jwt.encode(claims, self.key, algorithm="EdDSA", headers={"kid": "k1"})
+        return web.json_response(
+            {"access_token": "opaque", "token_type": "Bearer", "id_token": id_token}
+        )
+
+
+# -- preparing the instance ------------------------------------------------------------------
+
+
+class World:
+    """tokend, the provider, and a browser with a cookie jar."""
+
+    def __init__(self, client: TestClient[Any, Any], browser: aiohttp.ClientSession) -> None:
+        self.client = client
+        self.browser = browser
+        self.base = str(client.make_url("")).rstrip("/")
+
+    async def ok(self, method: str, path: str, status: int = 200, **kwargs: Any) -> Any:
+        resp = await self.client.request(method, path, **kwargs)
+        assert resp.status == status, f"{method} {path}: {resp.status} {await resp.text()}"
+        return await resp.json() if resp.content_type == "application/json" else None
+
+    async def register(self, username: str) -> None:
+        await self.ok(
+            "POST", "/auth/register", 201, json={"username": username, "password": PASSWORD}
+        )
+
+    async def login(self, username: str) -> dict[str, Any]:
+        body: dict[str, Any] = await self.ok(
+            "POST", "/auth/login", json={"username": username, "password": PASSWORD}
+        )
+        return body
+
+    async def get(self, url: str) -> aiohttp.ClientResponse:
+        resp = await self.browser.get(url, allow_redirects=False)
+        await resp.read()
+        return resp
+
+    async def authorize(self, start: str) -> str:
+        """Start a social login at ``start`` (tokend), approve it at the provider: the
+        callback URL that the provider sends the browser back to."""
+        resp = await self.get(start)
+        assert resp.status == 302, resp.status
+        at_provider = await self.get(resp.headers["Location"])
+        assert at_provider.status == 302, at_provider.status
+        return at_provider.headers["Location"]
+
+    def browser_cookie(self) -> str:
+        cookies = self.browser.cookie_jar.filter_cookies(self.client.make_url("/auth/oidc/x"))
+        return cookies["tokend_oidc_browser"].value
+
+
+def _set_body_example(document: dict[str, Any], path: str, method: str, value: Any) -> None:
+    content = document["paths"][path][method]["requestBody"]["content"]
+    media = content.get("application/json") or content["application/x-www-form-urlencoded"]
+    media.pop("examples", None)
+    media["example"] = value
+
+
+def _set_body_examples(document: dict[str, Any], path: str, method: str, **values: Any) -> None:
+    media = document["paths"][path][method]["requestBody"]["content"][
+        "application/x-www-form-urlencoded"
+    ]
+    media.pop("example", None)
+    media["examples"] = {name: {"value": value} for name, value in values.items()}
+
+
+def _set_param_example(document: dict[str, Any], path: str, method: str, **values: str) -> None:
+    for parameter in document["paths"][path][method]["parameters"]:
+        if parameter["name"] in values:
+            parameter["example"] = values[parameter["name"]]
+            parameter.get("schema", {}).pop("example", None)
+
+
+async def prepare(world: World, document: dict[str, Any], username: str) -> None:
+    """Users, sessions, tokens and OIDC artefacts of this instance, put into the examples."""
+    # The user schemathesis authenticates as (tests/schemathesis.toml logs in as them).
+    await world.register(username)
+    me = await world.login(username)
+    # A second session of the same user, for DELETE /auth/sessions/{sid}.
+    doomed = await world.login(username)
+    doomed_sid = unverified(doomed["access_token"])[1]["sid"]
+    # Another user's refresh tokens: the first user's logout-all and password change must
+    # not revoke them before the refresh examples run.
+    other = f"other-{uuid.uuid4().hex[:8]}"
+    await world.register(other)
+    refresh = (await world.login(other))["refresh_token"]
+    basic = "Basic " + base64.b64encode(f"{CLIENT_ID}:{CLIENT_SECRET}".encode()).decode()
+    oauth = await world.ok(
+        "POST",
+        "/oauth/token",
+        data={"grant_type": "password", "username": other, "password": PASSWORD},
+        headers={"Authorization": basic},
+    )
+
+    # Link a provider account to the first user (so that unlinking it can succeed) ...
+    link = await world.ok("POST", "/auth/oidc/fake/link", headers=bearer(me["access_token"]))
+    at_provider = await world.get(link["authorization_url"])
+    callback = at_provider.headers["Location"]
+    linked = await world.get(callback)
+    assert linked.status == 200, await linked.text()
+    # ... a login code from a finished social login with return_to ...
+    callback = await world.authorize(f"{world.base}/auth/oidc/fake/login?return_to={RETURN_TO}")
+    done = await world.get(callback)
+    assert done.status == 302, await done.text()
+    login_code = parse_qs(urlsplit(done.headers["Location"]).query)["login_code"][0]
+    # ... and a callback that is still to be made, with its browser cookie.
+    callback = await world.authorize(f"{world.base}/auth/oidc/fake/login")
+    pending = {k: v[0] for k, v in parse_qs(urlsplit(callback).query).items()}
+
+    new_user = f"new-{uuid.uuid4().hex[:8]}"
+    credentials = {"username": username, "password": PASSWORD}
+    _set_body_example(
+        document, "/auth/register", "post", {"username": new_user, "password": PASSWORD}
+    )
+    _set_body_example(document, "/auth/login", "post", credentials)
+    _set_body_example(document, "/auth/refresh", "post", {"refresh_token": refresh})
+    # The same password again: succeeds every time, and the user keeps being able to log in.
+    _set_body_example(
+        document,
+        "/auth/password",
+        "post",
+        {"current_password": PASSWORD, "new_password": PASSWORD},
+    )
+    _set_param_example(document, "/auth/sessions/{sid}", "delete", sid=doomed_sid)
+    _set_body_examples(
+        document,
+        "/oauth/token",
+        "post",
+        password={"grant_type": "password", **credentials},
+        refresh_token={"grant_type": "refresh_token", "refresh_token": oauth["refresh_token"]},
+    )
+    _set_body_example(
+        document,
+        "/oauth/revoke",
+        "post",
+        {"token": me["access_token"], "token_type_hint": "access_token"},
+    )
+    _set_body_example(document, "/oauth/introspect", "post", {"token": oauth["access_token"]})
+    _set_body_example(document, "/auth/oidc/exchange", "post", {"login_code": login_code})
+    _set_param_example(
+        document,
+        "/auth/oidc/{provider}/callback",
+        "get",
+        provider="fake",
+        tokend_oidc_browser=world.browser_cookie(),
+        **{k: pending[k] for k in ("state", "code", "iss")},
+    )
+    _set_param_example(document, "/auth/oidc/{provider}/login", "get", provider="fake")
+    _set_param_example(document, "/auth/oidc/{provider}/link", "post", provider="fake")
+    _set_param_example(document, "/auth/identities/{provider}", "delete", provider="fake")
+    # Last: what ends the user's other sessions (tests/schemathesis.toml keeps this order).
+    for path in ("/auth/logout", "/auth/logout-all", "/auth/password"):
+        document["paths"][path] = document["paths"].pop(path)
+
+
+# -- the schemathesis run --------------------------------------------------------------------
+
+
+def _st() -> str:
+    found = shutil.which("st", path=str(Path(sys.executable).parent)) or shutil.which("st")
+    if found is None:
+        pytest.skip("schemathesis is not installed (pip install -e '.[test]')")
+    return found
+
+
+def _successes(metrics: str) -> set[tuple[str, int]]:
+    """(route, status) pairs that tokend answered, from its Prometheus metrics."""
+    found = set()
+    for match in re.finditer(
+        r'^tokend_http_request_seconds_count\{route="([^"]*)",status="(\d+)"\} ([0-9.e+]+)$',
+        metrics,
+        re.MULTILINE,
+    ):
+        if float(match.group(3)) > 0:
+            found.add((match.group(1), int(match.group(2))))
+    return found
+
+
+@pytest.mark.slow
+@pytest.mark.security
+@pytest.mark.timeout(ST_TIMEOUT + 60)
+async def test_schemathesis_finds_nothing(
+    aiohttp_client: Any, aiohttp_server: Any, make_settings: Any, tmp_path: Path
+) -> None:
+    st = _st()
+    provider = FakeProvider()
+    provider_server = await aiohttp_server(provider.app)
+    provider.issuer = str(provider_server.make_url("")).rstrip("/")
+    port = free_port()
+    base = f"http://127.0.0.1:{port}"
+    settings = make_settings(
+        TOKEND_ISSUER=base,
+        TOKEND_OAUTH_CLIENTS=json.dumps({CLIENT_ID: {"secret": CLIENT_SECRET}, "st-public": {}}),
+        TOKEND_OIDC_PROVIDERS=json.dumps(
+            {
+                "fake": {
+                    "issuer": provider.issuer,
+                    "client_id": OIDC_CLIENT_ID,
+                    "client_secret": "provider-secret",
+                }
+            }
+        ),
+        TOKEND_OIDC_RETURN_TO=RETURN_TO,
+        # schemathesis logs in with made-up names and passwords by the hundred: the limits
+        # (tested in test_http_errors and the security suite) would soon lock every login.
+        TOKEND_LOGIN_FAILURES_PER_USER="1000000",
+        TOKEND_LOGIN_FAILURES_PER_IP="1000000",
+    )
+    client = await aiohttp_client(TokendTestServer(create_app(settings), port=port))
+    async with aiohttp.ClientSession(cookie_jar=aiohttp.CookieJar(unsafe=True)) as browser:
+        world = World(client, browser)
+        document = await world.ok("GET", "/openapi.json")
+        username = f"st-{uuid.uuid4().hex[:8]}"
+        await prepare(world, document, username)
+
+    schema = tmp_path / "openapi.json"
+    schema.write_text(json.dumps(document, indent=1))
+    env = {
+        **os.environ,
+        "HYPOTHESIS_STORAGE_DIRECTORY": str(tmp_path / "hypothesis"),
+        "TOKEND_ST_USERNAME": username,
+        "TOKEND_ST_PASSWORD": PASSWORD,
+        "TOKEND_ST_CLIENT_ID": CLIENT_ID,
+        "TOKEND_ST_CLIENT_SECRET": CLIENT_SECRET,
+        "NO_COLOR": "1",
+    }
+    command = [
+        st,
+        "--config-file",
+        str(CONFIG),
+        "run",
+        str(schema),
+        "--url",
+        base,
+        "--checks",
+        "all",
+        "--max-examples",
+        ST_MAX_EXAMPLES,
+        "--seed",
+        ST_SEED,
+        "--generation-database",
+        "none",
+        "--workers",
+        "1",
+        "--no-color",
+        "--report-dir",
+        str(tmp_path / "report"),
+        *ST_EXTRA_ARGS,
+    ]
+    started = time.monotonic()
+    proc = await asyncio.create_subprocess_exec(
+        *command,
+        cwd=tmp_path,
+        env=env,
+        stdin=asyncio.subprocess.DEVNULL,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT,
+    )
+    try:
+        out, _ = await asyncio.wait_for(proc.communicate(), ST_TIMEOUT)
+    except TimeoutError:
+        proc.kill()
+        await proc.wait()
+        raise
+    output = out.decode(errors="replace")
+    elapsed = time.monotonic() - started
+    print(output)
+    print(f"schemathesis took {elapsed:.1f}s")
+    assert proc.returncode == 0, output[-20000:]
+
+    # Every operation reached its success path at least once (not only its errors).
+    answered = _successes(await (await client.get("/metrics")).text())
+    missing = []
+    for method, path in sorted(_operations(document)):
+        if not any(route == path and 200 <= status < 400 for route, status in answered):
+            missing.append(f"{method} {path}")
+    assert missing == [], f"no success answer for: {missing}\n{sorted(answered)}"
