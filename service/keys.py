@@ -224,8 +224,15 @@ async def ensure_signing_key(store: SqlKeyStore, ring: KeyRing, alg: str, now: f
     ring.replace(keys)
 
 
-async def rotate(store: SqlKeyStore, alg: str, now: float, publish_delay: int) -> int | None:
-    """Create the next key, signing after ``publish_delay``; the generation, or None if raced."""
-    generation = await store.latest_generation() + 1
+async def rotate(
+    store: SqlKeyStore, alg: str, now: float, publish_delay: int, after: int | None = None
+) -> int | None:
+    """Create the key after generation ``after`` (default: the latest), signing after
+    ``publish_delay``; the new generation, or None when another process created it first.
+
+    A worker passes the generation its decision was based on, so that two workers that
+    both saw generation N due create N+1 once, never N+1 and then N+2.
+    """
+    generation = (await store.latest_generation() if after is None else after) + 1
     created = await store.create(generation, alg, activates_at=now + publish_delay, now=now)
     return generation if created else None

@@ -298,7 +298,13 @@ async def test_concurrent_rotations_create_one_key(make_settings) -> None:
         results = await asyncio.gather(
             *(
                 rotate_and_announce(
-                    store, sessions, alg="EdDSA", now=time.time(), publish_delay=10, reason="t"
+                    store,
+                    sessions,
+                    alg="EdDSA",
+                    now=time.time(),
+                    publish_delay=10,
+                    reason="t",
+                    after=1,
                 )
                 for _ in range(5)
             ),

@@ -19,9 +19,10 @@ async def rotate_and_announce(
     now: float,
     publish_delay: int,
     reason: str,
+    after: int | None = None,
 ) -> int | None:
     """Create the next key and publish key.rotated; None when another process won the race."""
-    generation = await rotate(store, alg, now, publish_delay)
+    generation = await rotate(store, alg, now, publish_delay, after)
     if generation is None:
         return None
     kid = next(k.kid for k in await store.load() if k.generation == generation)
@@ -90,6 +91,7 @@ class KeyRotationWorker:
                 now=now,
                 publish_delay=self.publish_delay,
                 reason=reason,
+                after=newest.generation,
             )
             handled += rotated is not None
         purged = await self.store.purge(now - self.keep_retired)
