@@ -20,8 +20,9 @@ from .clock import Clock, system_clock
 from .crypto import Sealer, decode_kek, load_or_create_dev_kek
 from .db import make_engine, sqlite_path
 from .errors import ConfigError, TokendError
+from .fence import PositionStore, RedisFence
 from .http import auth_routes, health, oauth_routes, oidc_routes, openapi, wellknown
-from .http.appkeys import AUTH, CLOCK, ENGINE, KEYRING, KEYSTORE, METRICS, REDIS, SETTINGS
+from .http.appkeys import AUTH, CLOCK, ENGINE, FENCE, KEYRING, KEYSTORE, METRICS, REDIS, SETTINGS
 from .http.errors import error_middleware, header_size_middleware
 from .http.request import MAX_BODY
 from .keys import KeyRing, SqlKeyStore, ensure_signing_key
@@ -97,6 +98,32 @@ def setup_redis(app: web.Application, settings: Settings) -> None:
         app[REDIS] = client
         yield
         await client.aclose()
+
+    app.cleanup_ctx.append(ctx)
+
+
+def setup_fence(app: web.Application, settings: Settings) -> None:
+    """Detect a Redis that lost data or was rolled back, and fence it (see fence.py)."""
+
+    async def ctx(app: web.Application) -> AsyncIterator[None]:
+        fence = RedisFence(
+            app[REDIS],
+            prefix=settings.redis_prefix,
+            positions=PositionStore(async_sessionmaker(app[ENGINE])),
+            clock=app[CLOCK],
+            deny_window=settings.access_ttl + settings.leeway + 1,
+            retention=settings.access_ttl + settings.leeway + 300,
+        )
+        await fence.start()
+        app[FENCE] = fence
+        task = asyncio.create_task(fence.run())
+        yield
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        try:
+            await fence.checkpoint()
+        except TokendError as exc:
+            log.warning("could not record the Redis position at shutdown: %s", exc)
 
     app.cleanup_ctx.append(ctx)
 
@@ -184,7 +211,7 @@ def setup_auth(app: web.Application, settings: Settings, kek: bytes) -> None:
                 per_ip=settings.login_failures_per_ip,
                 window=settings.login_failure_window,
             ),
-            sessions=SessionStore.from_settings(redis, settings),
+            sessions=SessionStore.from_settings(redis, settings, app[FENCE]),
             tokens=TokenService(
                 app[KEYRING],
                 refresh_key=derive_refresh_key(kek),
@@ -214,6 +241,7 @@ def create_app(settings: Settings, *, clock: Clock = system_clock) -> web.Applic
     app[METRICS] = Metrics()
     setup_database(app, settings)
     setup_redis(app, settings)
+    setup_fence(app, settings)
     setup_keys(app, settings, kek)
     setup_auth(app, settings, kek)
     oidc_routes.setup_oidc(app, settings)

@@ -6,6 +6,7 @@ together; knows nothing of HTTP.
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 from typing import Any
 
@@ -17,6 +18,7 @@ from .errors import (
     TokendError,
     TokenExpired,
     TokenRevoked,
+    Unavailable,
     ValidationFailed,
 )
 from .metrics import Metrics
@@ -110,7 +112,14 @@ class Authenticator:
             name = ""  # still costs a verify and counts a failure, like an unknown user
         limit_name = name or username[:64]
         await self.limiter.check(limit_name, ip)
-        user = await self.users.by_username(name) if name else None
+        try:
+            user = await self.users.by_username(name) if name else None
+        except Unavailable:
+            # The attempt was never judged: an outage must not count as a failed login
+            # (nor lock the user out once the database is back).
+            with contextlib.suppress(Unavailable):
+                await self.limiter.undecided(limit_name, ip)
+            raise
         if user is None or user.disabled or user.password_hash is None:
             await self.hasher.verify(None, password)
             ok = False
@@ -209,6 +218,10 @@ class Authenticator:
             )
         if rotation.status == "expired":
             raise _with_outcome(TokenExpired("refresh token expired, log in again"), "expired")
+        if rotation.status == "fenced":
+            raise _with_outcome(
+                TokenRevoked("session ended when Redis lost its data, log in again"), "fenced"
+            )
         if rotation.status == "unknown":
             raise _with_outcome(
                 TokenRevoked("refresh token revoked or session ended, log in again"), "unknown"
@@ -301,3 +314,19 @@ async def disable_user(users: UserStore, sessions: SessionStore, username: str, 
         raise NotFound("no such user")
     await users.set_disabled(user.id, True)
     return await sessions.revoke_user(uid=user.id, now=now, reason="admin_revoke")
+
+
+async def delete_user(users: UserStore, sessions: SessionStore, username: str, now: float) -> int:
+    """Delete a user after revoking all their sessions (user.revoked, reason user_deleted).
+
+    Refresh never reads SQL, so removing the row alone would let the user's sessions go
+    on minting access tokens that every subscriber accepts: the sessions end first, and
+    the user is disabled before that so no login slips in between.
+    """
+    user = await users.by_username(normalize_username(username))
+    if user is None:
+        raise NotFound("no such user")
+    await users.set_disabled(user.id, True)
+    revoked = await sessions.revoke_user(uid=user.id, now=now, reason="user_deleted")
+    await users.delete(user.id)
+    return revoked

@@ -21,7 +21,7 @@ from sqlalchemy.ext.asyncio import async_sessionmaker
 
 from . import migrate
 from .app import create_app, resolve_kek
-from .auth import disable_user
+from .auth import delete_user, disable_user
 from .crypto import Sealer, generate_kek
 from .db import make_engine
 from .devredis import redis_for_dev
@@ -82,12 +82,12 @@ async def add_user(settings: Settings, username: str, password: str) -> str:
         await engine.dispose()
 
 
-async def disable_user_cli(settings: Settings, username: str) -> int:
-    """Disable a user and revoke every session of theirs; how many sessions ended."""
+async def disable_user_cli(settings: Settings, username: str, *, delete: bool = False) -> int:
+    """Disable (or delete) a user and revoke every session of theirs; how many ended."""
     engine = make_engine(settings.database_url)
     redis = make_redis(settings.redis_url, pool_size=2, pool_timeout=5.0)
     try:
-        return await disable_user(
+        return await (delete_user if delete else disable_user)(
             SqlUserStore(async_sessionmaker(engine, expire_on_commit=False)),
             SessionStore.from_settings(redis, settings),
             username,
@@ -191,6 +191,8 @@ def _parser() -> argparse.ArgumentParser:
     )
     disable = users_sub.add_parser("disable", help="disable a user and revoke their sessions")
     disable.add_argument("username")
+    delete = users_sub.add_parser("delete", help="revoke a user's sessions, then delete them")
+    delete.add_argument("username")
     keys = sub.add_parser("keys", help="signing keys")
     keys.add_argument(
         "action",
@@ -252,6 +254,9 @@ def run(argv: Sequence[str], env: Mapping[str, str]) -> int:
     elif args.command == "users" and args.action == "disable":
         ended = asyncio.run(disable_user_cli(settings, args.username))
         print(json.dumps({"disabled": args.username, "sessions_revoked": ended}))
+    elif args.command == "users" and args.action == "delete":
+        ended = asyncio.run(disable_user_cli(settings, args.username, delete=True))
+        print(json.dumps({"deleted": args.username, "sessions_revoked": ended}))
     elif args.command == "users":
         if args.password_stdin:
             password = sys.stdin.readline().rstrip("\n")

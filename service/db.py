@@ -12,6 +12,9 @@ from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker, create_async
 
 from .errors import Conflict, Unavailable
 
+DB_CONNECT_TIMEOUT = 5.0
+DB_COMMAND_TIMEOUT = 5.0
+
 
 def make_engine(url: str, *, pool_size: int = 10) -> AsyncEngine:
     """Create the async engine; SQLite gets WAL and a busy timeout for concurrent writers."""
@@ -31,7 +34,15 @@ def make_engine(url: str, *, pool_size: int = 10) -> AsyncEngine:
 
         return engine
     return create_async_engine(
-        url, pool_size=pool_size, max_overflow=pool_size, pool_timeout=5, pool_pre_ping=True
+        url,
+        pool_size=pool_size,
+        max_overflow=pool_size,
+        pool_timeout=5,
+        pool_pre_ping=True,
+        # A database that stops answering (frozen, partitioned) must fail a request in
+        # seconds, not hang it: asyncpg's own defaults are 60 s to connect and no limit
+        # on a query.
+        connect_args={"timeout": DB_CONNECT_TIMEOUT, "command_timeout": DB_COMMAND_TIMEOUT},
     )
 
 

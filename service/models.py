@@ -59,3 +59,14 @@ class SigningKeyRow(Base):
     created_at: Mapped[float] = mapped_column(Float, nullable=False)
     activates_at: Mapped[float] = mapped_column(Float, nullable=False)
     retires_at: Mapped[float | None] = mapped_column(Float, nullable=True)
+
+
+class RedisPositionRow(Base):
+    """The highest Redis data position tokend has seen, per key prefix (see fence.py)."""
+
+    __tablename__ = "redis_positions"
+
+    prefix: Mapped[str] = mapped_column(String(200), primary_key=True)
+    epoch: Mapped[int] = mapped_column(BigInteger, nullable=False)
+    gen: Mapped[int] = mapped_column(BigInteger, nullable=False)
+    updated_at: Mapped[float] = mapped_column(Float, nullable=False)

@@ -32,10 +32,12 @@ end
 return 0
 """
 
-# Give back an attempt that turned out to succeed (KEYS: IP counter).
+# Give back an attempt (KEYS: the counters to give it back to).
 _RELEASE = """
-if tonumber(redis.call('GET', KEYS[1]) or '0') > 0 then
-    redis.call('DECR', KEYS[1])
+for _, key in ipairs(KEYS) do
+    if tonumber(redis.call('GET', key) or '0') > 0 then
+        redis.call('DECR', key)
+    end
 end
 return 0
 """
@@ -44,7 +46,8 @@ return 0
 class LoginLimiter:
     """Fixed-window counters of failed logins; over the limit → RateLimited.
 
-    Every attempt counts as a failure from ``check`` on; ``succeeded`` takes it back.
+    Every attempt counts as a failure from ``check`` on; ``succeeded`` takes it back,
+    and so does ``undecided`` when the attempt could not be judged (database down).
     """
 
     def __init__(
@@ -85,3 +88,8 @@ class LoginLimiter:
             await self.redis.delete(user_key)
             if ip is not None:
                 await self._release(keys=[ip_key])
+
+    async def undecided(self, username: str, ip: str) -> None:
+        """Give back an attempt that was neither a success nor a failure (an outage)."""
+        with redis_errors():
+            await self._release(keys=list(self._keys(username, ip)))

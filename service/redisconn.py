@@ -6,6 +6,8 @@ import contextlib
 from collections.abc import Iterator
 
 import redis.asyncio as aioredis
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
@@ -23,6 +25,11 @@ def make_redis(url: str, *, pool_size: int, pool_timeout: float) -> aioredis.Red
         socket_timeout=5,
         health_check_interval=30,
         decode_responses=True,
+        # After a Redis restart every pooled connection is dead: without one immediate
+        # retry on a fresh connection, the first request on each of them got a 503.
+        # Running a command twice is safe here: a rotation repeated within the grace
+        # window returns the same successor, revocations are idempotent.
+        retry=Retry(NoBackoff(), 1, supported_errors=(RedisConnectionError,)),
     )
     return aioredis.Redis(connection_pool=pool)
 

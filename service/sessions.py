@@ -10,6 +10,10 @@ Keys (``P`` is the prefix; one session's keys share the ``{sid}`` hash slot):
     P:dj:<jti>   this access token is denied
     P:exp:<n>    expiry index shard n (of EXPIRY_SHARDS): zset of "sid:uid" by idle deadline
     P:events     stream of revocation events;  P:revocations  channel of the same
+    P:epoch, P:gen, P:fence   the data's position and the last fence (see fence.py)
+
+With a ``fence``, every script that reads or writes refresh-token state also checks that
+Redis is not behind the position this process has seen, and fences it when it is.
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ from typing import Any, cast
 
 import redis.asyncio as aioredis
 
+from .fence import Position, RedisFence, read_checked, run_checked
 from .redisbatch import AutoPipeline
 from .redisconn import redis_errors
 from .settings import Settings
@@ -36,7 +41,7 @@ def _script(name: str) -> str:
 
 @dataclass(frozen=True)
 class Rotation:
-    """What a refresh did: ``status`` is rotated, grace, reuse, expired or unknown."""
+    """What a refresh did: ``status`` is rotated, grace, reuse, expired, unknown or fenced."""
 
     status: str
     uid: str = ""
@@ -82,8 +87,10 @@ class SessionStore:
         idle_ttl: int,
         absolute_ttl: int,
         grace: int,
+        fence: RedisFence | None = None,
     ) -> None:
         self.redis = redis
+        self.fence = fence
         self.prefix = prefix
         self.access_ttl = access_ttl
         self.leeway = leeway
@@ -103,7 +110,9 @@ class SessionStore:
         self._emit = redis.register_script(_script("emit"))
 
     @classmethod
-    def from_settings(cls, redis: aioredis.Redis, settings: Settings) -> SessionStore:
+    def from_settings(
+        cls, redis: aioredis.Redis, settings: Settings, fence: RedisFence | None = None
+    ) -> SessionStore:
         """The store with the lifetimes and prefix of ``settings``."""
         return cls(
             redis,
@@ -113,6 +122,7 @@ class SessionStore:
             idle_ttl=settings.refresh_idle_ttl,
             absolute_ttl=settings.refresh_absolute_ttl,
             grace=settings.refresh_reuse_grace,
+            fence=fence,
         )
 
     # key names
@@ -159,8 +169,9 @@ class SessionStore:
         iat = int(now)
         absolute = iat + self.absolute_ttl
         idle = min(iat + self.idle_ttl, absolute)
-        with redis_errors():
-            await self._create(
+        await run_checked(
+            self.fence,
+            lambda known: self._create(
                 keys=[self.session_key(sid), self.user_index_key(uid)],
                 args=[
                     sid,
@@ -175,16 +186,19 @@ class SessionStore:
                     user_agent[:256],
                     ip,
                     self.prefix,
+                    *known,
                 ],
-            )
+            ),
+        )
         return iat, idle
 
     async def rotate(
         self, *, sid: str, jti: str, new_jti: str, now: float, user_agent: str = "", ip: str = ""
     ) -> Rotation:
         """Atomically rotate, replay within grace, or detect reuse (see rotate.lua)."""
-        with redis_errors():
-            result: list[Any] = await self._batch.script(
+        result = await run_checked(
+            self.fence,
+            lambda known: self._batch.script(
                 self._rotate,
                 [self.session_key(sid)],
                 [
@@ -199,10 +213,13 @@ class SessionStore:
                     self.retention,
                     user_agent[:256],
                     ip,
+                    *known,
                 ],
-            )
+            ),
+        )
         status = result[0]
         if status in ("rotated", "grace"):
+            self._observe(result[7], result[8])
             return Rotation(
                 status,
                 result[1],
@@ -212,14 +229,26 @@ class SessionStore:
                 result[5] or "",
                 result[6] or "",
             )
+        if status == "reuse":
+            self._observe(result[2], result[3])
         return Rotation(status, result[1] if len(result) > 1 else "")
+
+    def _observe(self, gen: Any, epoch: Any) -> None:
+        if self.fence is not None and epoch:
+            self.fence.observe(Position(int(epoch), int(gen)))
+
+    def _written(self, result: list[Any]) -> int:
+        """The count of a revocation script's reply, noting the position it reports."""
+        if len(result) >= 3:
+            self._observe(result[1], result[2])
+        return int(result[0])
 
     async def revoke(
         self, *, sid: str, now: float, reason: str, owner: str = "", force: bool = False
     ) -> bool:
         """Revoke one session (only ``owner``'s when given); True when something was revoked."""
         with redis_errors():
-            n = await self._revoke(
+            result = await self._revoke(
                 keys=[self.session_key(sid)],
                 args=[
                     self.prefix,
@@ -232,12 +261,12 @@ class SessionStore:
                     "1" if force else "0",
                 ],
             )
-        return bool(n)
+        return bool(self._written(result))
 
     async def revoke_user(self, *, uid: str, now: float, reason: str, keep_sid: str = "") -> int:
         """Revoke all of a user's sessions, or all but ``keep_sid``; how many."""
         with redis_errors():
-            n = await self._revoke_user(
+            result = await self._revoke_user(
                 keys=[self.user_index_key(uid), self.deny_user_key(uid)],
                 args=[
                     self.prefix,
@@ -249,14 +278,14 @@ class SessionStore:
                     keep_sid,
                 ],
             )
-        return int(n)
+        return self._written(result)
 
     async def revoke_access_token(
         self, *, jti: str, sub: str, sid: str, exp: float, now: float, reason: str
     ) -> bool:
         """Deny one access token until its expiry; True on the first revocation."""
         with redis_errors():
-            n = await self._revoke_token(
+            result = await self._revoke_token(
                 keys=[self.deny_token_key(jti)],
                 args=[
                     self.prefix,
@@ -269,7 +298,7 @@ class SessionStore:
                     self.retention,
                 ],
             )
-        return bool(n)
+        return bool(self._written(result))
 
     def expiry_key(self, shard: int) -> str:
         return f"{self.prefix}:exp:{shard}"
@@ -292,17 +321,25 @@ class SessionStore:
         return str(entry_id)
 
     async def is_denied(self, *, sid: str, uid: str, jti: str, iat: float) -> bool:
-        """Whether an access token is revoked (its session, its user before iat, or itself)."""
-        with redis_errors():
-            ds, du, dj = await self._batch.execute(
+        """Whether an access token is revoked (its session, its user before iat, itself, or
+        a fence after Redis lost data)."""
+        ds, du, dj, fenced, _, _ = await read_checked(
+            self.fence,
+            lambda: self._batch.execute(
                 "MGET",
                 self.deny_session_key(sid),
                 self.deny_user_key(uid),
                 self.deny_token_key(jti),
-            )
+                f"{self.prefix}:fence",
+                f"{self.prefix}:epoch",
+                f"{self.prefix}:gen",
+            ),
+        )
         if ds is not None or dj is not None:
             return True
         # iat has whole seconds: a token from the revocation's own second counts as before it.
+        if fenced is not None and iat <= float(fenced):
+            return True
         return du is not None and iat <= float(du)
 
     async def get(self, sid: str) -> SessionInfo | None:
@@ -321,11 +358,14 @@ class SessionStore:
         with redis_errors():
             row = await self.redis.hmget(
                 self.session_key(sid),
-                ["uid", "cur", "prev", "prev_until", "idle", "abs", "cid", "scope"],
+                ["uid", "cur", "prev", "prev_until", "idle", "abs", "cid", "scope", "ep"],
             )
-        uid, cur, prev, prev_until, idle, absolute, cid, scope = cast(list[str | None], row)
+            epoch = await self.redis.get(f"{self.prefix}:epoch")
+        uid, cur, prev, prev_until, idle, absolute, cid, scope, ep = cast(list[str | None], row)
         if uid is None or idle is None or absolute is None:
             return None
+        if int(ep or 1) < int(epoch or 0):
+            return None  # fenced: rotate.lua ends it on its next use
         if now >= float(idle) or now >= float(absolute):
             return None
         in_grace = jti == prev and prev_until is not None and now < float(prev_until)
@@ -346,7 +386,12 @@ class SessionStore:
             gone = [sid for sid, row in zip(sids, rows, strict=True) if not row]
             if gone:
                 await self.redis.zrem(index, *gone)
-        infos = [_info(sid, row) for sid, row in zip(sids, rows, strict=True) if row]
+            epoch = int(await self.redis.get(f"{self.prefix}:epoch") or 0)
+        infos = [
+            _info(sid, row)
+            for sid, row in zip(sids, rows, strict=True)
+            if row and int(row.get("ep", 1)) >= epoch
+        ]
         live = [s for s in infos if s.idle_deadline > now and s.absolute_deadline > now]
         return sorted(live, key=lambda s: s.created, reverse=True)
 

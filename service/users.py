@@ -8,7 +8,7 @@ import uuid
 from dataclasses import dataclass
 from typing import Protocol
 
-from sqlalchemy import select, update
+from sqlalchemy import delete, select, update
 from sqlalchemy.ext.asyncio import async_sessionmaker
 
 from .db import db_errors
@@ -52,6 +52,7 @@ class UserStore(Protocol):
     async def by_id(self, user_id: str) -> User | None: ...
     async def set_password(self, user_id: str, password_hash: str, now: float) -> None: ...
     async def set_disabled(self, user_id: str, disabled: bool) -> None: ...
+    async def delete(self, user_id: str) -> None: ...
 
 
 def _user(row: UserRow) -> User:
@@ -118,3 +119,8 @@ class SqlUserStore:
                 await session.execute(
                     update(UserRow).where(UserRow.id == user_id).values(disabled=disabled)
                 )
+
+    async def delete(self, user_id: str) -> None:
+        with db_errors():
+            async with self._sessions() as session, session.begin():
+                await session.execute(delete(UserRow).where(UserRow.id == user_id))

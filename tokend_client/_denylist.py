@@ -1,4 +1,5 @@
-"""The in-memory deny list a RevocationListener keeps: sessions, users and tokens.
+"""The in-memory deny list a RevocationListener keeps: sessions, users and tokens, and
+every token issued before a fence (``all.revoked``: tokend's Redis lost data).
 
 Each entry lasts until its event's ``until`` (the last moment an affected access
 token can still be unexpired) plus an optional margin, then is dropped: lazily when
@@ -23,9 +24,11 @@ class DenyList:
         self.sids: dict[str, float] = {}  # sid → until
         self.jtis: dict[str, float] = {}  # jti → until
         self.subs: dict[str, tuple[float, float]] = {}  # sub → (at, until)
+        #: (at, until) of the last ``all.revoked``: tokend fenced a Redis that lost data.
+        self.everything: tuple[float, float] | None = None
 
     def __len__(self) -> int:
-        return len(self.sids) + len(self.subs) + len(self.jtis)
+        return len(self.sids) + len(self.subs) + len(self.jtis) + (self.everything is not None)
 
     def add(self, kind: str, event: dict[str, Any], at: float, until: float) -> None:
         """Record what an event denies; entries only ever grow (idempotent, order-free)."""
@@ -39,12 +42,22 @@ class DenyList:
         elif kind == "user.revoked" and isinstance(sub, str):
             old_at, old_until = self.subs.get(sub, (at, until))
             self.subs[sub] = (max(at, old_at), max(until, old_until))
+        elif kind == "all.revoked":
+            old_at, old_until = self.everything or (at, until)
+            self.everything = (max(at, old_at), max(until, old_until))
         # session.expired and key.rotated deny nothing.
 
     def is_revoked(self, claims: dict[str, Any]) -> bool:
         """Whether verified access-token claims are denied."""
         now = self._clock()
         sid, jti, sub = claims.get("sid"), claims.get("jti"), claims.get("sub")
+        iat = claims.get("iat")
+        if self.everything is not None:
+            at, until = self.everything
+            if until + self.margin < now:
+                self.everything = None
+            elif isinstance(iat, int | float) and iat <= at:
+                return True
         if isinstance(sid, str) and self._live(self.sids, sid, now):
             return True
         if isinstance(jti, str) and self._live(self.jtis, jti, now):
@@ -54,7 +67,6 @@ class DenyList:
             if until + self.margin < now:
                 del self.subs[sub]
                 return False
-            iat = claims.get("iat")
             # iat has whole seconds: a token from the revocation's own second counts as
             # issued before it, as at the server.
             return isinstance(iat, int | float) and iat <= at
@@ -81,4 +93,7 @@ class DenyList:
         gone = [key for key, (_, until) in self.subs.items() if until < cutoff]
         for key in gone:
             del self.subs[key]
+        if self.everything is not None and self.everything[1] < cutoff:
+            self.everything = None
+            dropped += 1
         return dropped + len(gone)

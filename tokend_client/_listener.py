@@ -11,6 +11,10 @@ at-most-once, so the listener's one background task does, on every (re)connect:
 3. apply live messages, skipping any id not above the last applied one (stream ids
    compare as ``(ms, seq)``), so events seen both ways are applied once.
 
+Between 1 and 2 it compares tokend's Redis position with the one seen before
+(``_position.py``): a Redis that lost data is not trusted until tokend has fenced it,
+and the deny list is never cleared (entries from before a Redis restart still hold).
+
 Any Redis error ends the round: the task backs off (0.1 s doubling to 5 s),
 reconnects and starts again at step 1. Deny entries live until their event's
 ``until`` and are pruned lazily and periodically.
@@ -26,22 +30,30 @@ import math
 import time
 from collections import Counter as TypeCounter
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any, TypeGuard, cast
 
 import redis.asyncio as aioredis
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import CollectorRegistry
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
 
 from ._denylist import DenyList
+from ._listener_metrics import make_metrics
+from ._position import PositionWatch, RedisBehind
 
 __all__ = ["RevocationListener"]
 
 log = logging.getLogger("tokend_client.listener")
 
-EVENT_TYPES = ("session.revoked", "user.revoked", "token.revoked", "session.expired", "key.rotated")
+EVENT_TYPES = (
+    "session.revoked",
+    "user.revoked",
+    "token.revoked",
+    "all.revoked",
+    "session.expired",
+    "key.rotated",
+)
 REPLAY_BATCH = 500
 Clock = Callable[[], float]
 StreamId = tuple[int, int]
@@ -54,19 +66,6 @@ def parse_stream_id(value: str) -> StreamId:
     if not sep:
         raise ValueError(f"not a stream id: {value!r}")
     return int(ms), int(seq)
-
-
-@dataclass(frozen=True)
-class _Metrics:
-    applied: Counter
-    skipped: Counter
-    invalid: Counter
-    replays: Counter
-    reconnects: Counter
-    deny_list: Gauge
-    connected: Gauge
-    lag: Gauge
-    propagation: Histogram
 
 
 class RevocationListener:
@@ -111,6 +110,8 @@ class RevocationListener:
         self._last_at: float | None = None
         self._last_prune = clock()
         self._live = False
+        self._position = PositionWatch(prefix)
+        self._behind = False
         #: The deny list itself (sessions, users, tokens).
         self.deny_list = DenyList(clock, retention_margin)
         #: Events applied, by type (each stream entry at most once).
@@ -126,66 +127,9 @@ class RevocationListener:
         #: Seconds from an event's ``at`` to its application, for the last applied event.
         self.last_propagation: float | None = None
         self.registry = registry if registry is not None else CollectorRegistry()
-        self._metrics = self._make_metrics(self.registry)
-
-    def _make_metrics(self, registry: CollectorRegistry) -> _Metrics:
-        m = _Metrics(
-            applied=Counter(
-                "tokend_listener_events_applied_total",
-                "Revocation events applied, by type",
-                ["type"],
-                registry=registry,
-            ),
-            skipped=Counter(
-                "tokend_listener_events_skipped_total",
-                "Messages skipped because their stream id was already applied",
-                registry=registry,
-            ),
-            invalid=Counter(
-                "tokend_listener_events_invalid_total",
-                "Messages that were not valid v1 revocation events",
-                registry=registry,
-            ),
-            replays=Counter(
-                "tokend_listener_replays_total", "Stream replays completed", registry=registry
-            ),
-            reconnects=Counter(
-                "tokend_listener_reconnects_total",
-                "Reconnects after a Redis error",
-                registry=registry,
-            ),
-            deny_list=Gauge(
-                "tokend_listener_deny_list_size",
-                "Deny-list entries, by kind",
-                ["kind"],
-                registry=registry,
-            ),
-            connected=Gauge(
-                "tokend_listener_connected",
-                "1 while subscribed and replayed, else 0",
-                registry=registry,
-            ),
-            lag=Gauge(
-                "tokend_listener_lag_seconds",
-                "Seconds since the 'at' of the last applied event",
-                registry=registry,
-            ),
-            propagation=Histogram(
-                "tokend_listener_propagation_seconds",
-                "Seconds from an event's 'at' to its application, by how it arrived",
-                ["source"],
-                registry=registry,
-                buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 5, 30, 300),
-            ),
-        )
-        deny = self.deny_list
-        m.deny_list.labels("sid").set_function(lambda: len(deny.sids))
-        m.deny_list.labels("sub").set_function(lambda: len(deny.subs))
-        m.deny_list.labels("jti").set_function(lambda: len(deny.jtis))
-        m.lag.set_function(lambda: self.lag or 0.0)
+        self._metrics = make_metrics(self.registry, self.deny_list, lambda: self.lag)
         for event_type in EVENT_TYPES:
-            m.applied.labels(event_type)
-        return m
+            self._metrics.applied.labels(event_type)
 
     # lifecycle
 
@@ -216,8 +160,9 @@ class RevocationListener:
 
     @property
     def ready(self) -> bool:
-        """Whether the deny list has been replayed from the stream at least once."""
-        return self._ready.is_set()
+        """Whether the deny list has been replayed from the stream at least once, and
+        tokend's Redis is not known to have lost revocations that tokend has not fenced."""
+        return self._ready.is_set() and not self._behind
 
     @property
     def last_id(self) -> str | None:
@@ -320,6 +265,12 @@ class RevocationListener:
         try:
             await pubsub.subscribe(self.channel)
             await self._confirm_subscription(pubsub)
+            try:
+                await self._position.check(client)
+            except RedisBehind:
+                self._behind = True  # fail closed (not ready) until tokend has fenced
+                raise
+            self._behind = False
             await self._check_reset(client)
             await self._replay(client)
             self._live = True

@@ -10,6 +10,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from ..auth import Authenticator
 from ..clock import Clock
+from ..fence import RedisFence
 from ..keys import KeyRing, SqlKeyStore
 from ..metrics import Metrics
 from ..oidc_flow import SocialLogin
@@ -24,6 +25,7 @@ KEYSTORE = web.AppKey("keystore", SqlKeyStore)
 AUTH = web.AppKey("auth", Authenticator)
 METRICS = web.AppKey("metrics", Metrics)
 OIDC = web.AppKey("oidc", SocialLogin)
+FENCE = web.AppKey("fence", RedisFence)
 
 T = TypeVar("T")
 

@@ -37,3 +37,24 @@ local function revoke_session(prefix, sid, uid, reason, now, untl, retention)
     at = tonumber(now), ['until'] = tonumber(untl),
   })
 end
+
+-- The position of the data (see service/fence.py): the epoch (a new one per fence) and
+-- the write generation (raised by every rotation and revocation).
+local function position(prefix)
+  return tonumber(redis.call('GET', prefix .. ':epoch') or '0'),
+    tonumber(redis.call('GET', prefix .. ':gen') or '0')
+end
+
+-- Whether data at (ep, gen) is behind a position the caller has already seen: Redis
+-- lost data or was restored from an older snapshot. An empty known epoch: not checked.
+local function is_behind(ep, gen, known_epoch, known_gen)
+  if known_epoch == nil or known_epoch == '' then return false end
+  local ke, kg = tonumber(known_epoch), tonumber(known_gen)
+  return ep < ke or (ep == ke and gen < kg)
+end
+
+-- Count one write that must not be lost silently; the new position.
+local function bump(prefix)
+  local gen = redis.call('INCR', prefix .. ':gen')
+  return gen, tonumber(redis.call('GET', prefix .. ':epoch') or '0')
+end

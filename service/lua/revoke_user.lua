@@ -2,6 +2,7 @@
 -- (password change).
 -- KEYS: user index, user deny key
 -- ARGV: prefix uid reason now deny_until retention keep_sid
+-- Returns {n, gen, epoch}: how many sessions ended, and the position after the write.
 -- Session keys are derived from the index here; on Redis Cluster this script would
 -- have to run per slot.
 local prefix, uid, reason = ARGV[1], ARGV[2], ARGV[3]
@@ -26,7 +27,8 @@ if keep == '' then
     type = 'user.revoked', sub = uid, sid = cjson.null, jti = cjson.null, reason = reason,
     at = tonumber(now), ['until'] = tonumber(untl),
   })
-  return n
+  local gen, ep = bump(prefix)
+  return {n, gen, ep}
 end
 for _, sid in ipairs(sids) do
   if sid ~= keep then
@@ -34,4 +36,5 @@ for _, sid in ipairs(sids) do
     n = n + 1
   end
 end
-return n
+local gen, ep = bump(prefix)
+return {n, gen, ep}

@@ -1,0 +1,86 @@
+"""The Prometheus metrics of a RevocationListener."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+from ._denylist import DenyList
+
+__all__ = ["ListenerMetrics", "make_metrics"]
+
+
+@dataclass(frozen=True)
+class ListenerMetrics:
+    applied: Counter
+    skipped: Counter
+    invalid: Counter
+    replays: Counter
+    reconnects: Counter
+    deny_list: Gauge
+    connected: Gauge
+    lag: Gauge
+    propagation: Histogram
+
+
+def make_metrics(
+    registry: CollectorRegistry, deny: DenyList, lag: Callable[[], float | None]
+) -> ListenerMetrics:
+    """The listener's metrics in ``registry``; gauges read ``deny`` and ``lag`` when scraped."""
+    m = ListenerMetrics(
+        applied=Counter(
+            "tokend_listener_events_applied_total",
+            "Revocation events applied, by type",
+            ["type"],
+            registry=registry,
+        ),
+        skipped=Counter(
+            "tokend_listener_events_skipped_total",
+            "Messages skipped because their stream id was already applied",
+            registry=registry,
+        ),
+        invalid=Counter(
+            "tokend_listener_events_invalid_total",
+            "Messages that were not valid v1 revocation events",
+            registry=registry,
+        ),
+        replays=Counter(
+            "tokend_listener_replays_total", "Stream replays completed", registry=registry
+        ),
+        reconnects=Counter(
+            "tokend_listener_reconnects_total",
+            "Reconnects after a Redis error",
+            registry=registry,
+        ),
+        deny_list=Gauge(
+            "tokend_listener_deny_list_size",
+            "Deny-list entries, by kind",
+            ["kind"],
+            registry=registry,
+        ),
+        connected=Gauge(
+            "tokend_listener_connected",
+            "1 while subscribed and replayed, else 0",
+            registry=registry,
+        ),
+        lag=Gauge(
+            "tokend_listener_lag_seconds",
+            "Seconds since the 'at' of the last applied event",
+            registry=registry,
+        ),
+        propagation=Histogram(
+            "tokend_listener_propagation_seconds",
+            "Seconds from an event's 'at' to its application, by how it arrived",
+            ["source"],
+            registry=registry,
+            buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 5, 30, 300),
+        ),
+    )
+    m.deny_list.labels("sid").set_function(lambda: len(deny.sids))
+    m.deny_list.labels("sub").set_function(lambda: len(deny.subs))
+    m.deny_list.labels("jti").set_function(lambda: len(deny.jtis))
+    m.deny_list.labels("all").set_function(lambda: int(deny.everything is not None))
+    m.lag.set_function(lambda: lag() or 0.0)
+    return m
