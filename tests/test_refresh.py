@@ -7,9 +7,16 @@ import json
 from typing import Any
 
 import jwt
+import pytest
 
 from service.http.appkeys import KEYRING, SETTINGS
 from tests.helpers import bearer, register_and_login, unverified
+
+
+@pytest.fixture
+async def client(make_client: Any, db_url: str) -> Any:
+    """Every test here on SQLite and on PostgreSQL: the user store sits under these flows."""
+    return await make_client(TOKEND_DATABASE_URL=db_url)
 
 
 async def refresh(client: Any, token: str, **kw: Any) -> Any:

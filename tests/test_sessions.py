@@ -5,8 +5,16 @@ from __future__ import annotations
 import json
 from typing import Any
 
+import pytest
+
 from service.http.appkeys import SETTINGS
 from tests.helpers import PASSWORD, bearer, login, register, register_and_login, unverified
+
+
+@pytest.fixture
+async def client(make_client: Any, db_url: str) -> Any:
+    """Every test here on SQLite and on PostgreSQL: the user store sits under these flows."""
+    return await make_client(TOKEND_DATABASE_URL=db_url)
 
 
 async def me_status(client: Any, access: str) -> int:
