@@ -131,3 +131,21 @@ async def test_help_names_the_three_commands() -> None:
     status, out, _ = await cli("--help", env=client_env())
     assert status == 0
     assert "{login,whoami,logout}" in out
+
+
+async def test_client_commands_do_not_load_the_server() -> None:
+    code = (
+        "import sys\n"
+        "sys.argv = ['tokend', 'client', 'whoami', '--url', 'ftp://example']\n"
+        "from service.entry import main\n"
+        "try:\n"
+        "    main()\n"
+        "except SystemExit:\n"
+        "    pass\n"
+        "print([m for m in ('sqlalchemy', 'alembic', 'service.app') if m in sys.modules])\n"
+    )
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-c", code, env=client_env(), stdout=asyncio.subprocess.PIPE
+    )
+    out, _ = await asyncio.wait_for(proc.communicate(), timeout=60)
+    assert out.decode().strip().splitlines()[-1] == "[]"
