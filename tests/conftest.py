@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +17,7 @@ from service.app import create_app
 from service.clock import Clock, FrozenClock, system_clock
 from service.migrate import upgrade_async
 from service.settings import Settings
-from tests.helpers import TokendTestServer
+from tests.helpers import PrivateRedis, TokendTestServer
 
 REDIS_URL = os.environ.get("TOKEND_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
 POSTGRES_URL = os.environ.get(
@@ -142,6 +142,15 @@ def make_client(aiohttp_client: Any, make_settings: Callable[..., Settings]) -> 
 @pytest.fixture
 async def client(make_client: ClientFactory) -> TestClient[Any, Any]:
     return await make_client()
+
+
+@pytest.fixture
+def private_redis(tmp_path: Path) -> Iterator[PrivateRedis]:
+    """A redis-server of this test's own, to kill and restart (never the shared one)."""
+    server = PrivateRedis(tmp_path)
+    server.start()
+    yield server
+    server.kill()
 
 
 @pytest.fixture

@@ -4,6 +4,10 @@ from __future__ import annotations
 
 import base64
 import json
+import signal
+import subprocess
+import time
+from pathlib import Path
 from typing import Any
 
 from aiohttp import web
@@ -61,23 +65,26 @@ def unverified(token: str) -> tuple[dict[str, Any], dict[str, Any]]:
 
 
 class PrivateRedis:
-    """A redis-server of the test's own on a free port, to kill and restart at will."""
+    """A redis-server of the test's own (never the shared one) on a free port.
 
-    def __init__(self, tmpdir: str) -> None:
+    ``kill()`` is SIGKILL; ``start()`` again reuses the port and the directory, so a
+    ``dump.rdb`` or AOF left there is loaded. ``extra`` are more redis-server options
+    (persistence, output buffer limits).
+    """
+
+    def __init__(self, directory: str | Path, *extra: str) -> None:
         from service.devredis import free_port
 
         self.port = free_port()
-        self.tmpdir = tmpdir
-        self.proc: Any = None
+        self.directory = Path(directory)
+        self.extra = extra
+        self.proc: subprocess.Popen[bytes] | None = None
 
     @property
     def url(self) -> str:
         return f"redis://127.0.0.1:{self.port}/0"
 
     def start(self) -> None:
-        import subprocess
-        import time
-
         from service.devredis import answers
 
         self.proc = subprocess.Popen(
@@ -87,24 +94,26 @@ class PrivateRedis:
                 str(self.port),
                 "--bind",
                 "127.0.0.1",
+                "--dir",
+                str(self.directory),
+                "--dbfilename",
+                "dump.rdb",
                 "--save",
                 "",
                 "--appendonly",
                 "no",
-                "--dir",
-                self.tmpdir,
+                *self.extra,
             ],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )
         deadline = time.monotonic() + 10
         while not answers(self.url, timeout=0.2):
+            assert self.proc.poll() is None, "redis-server exited"
             assert time.monotonic() < deadline, "redis-server did not start"
             time.sleep(0.02)
 
     def kill(self) -> None:
-        import signal
-
         if self.proc is not None and self.proc.poll() is None:
             self.proc.send_signal(signal.SIGKILL)
             self.proc.wait()

@@ -9,7 +9,7 @@ import re
 import stat
 import time
 from collections import Counter
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +21,7 @@ from yarl import URL
 
 from service.devredis import free_port
 from service.http.appkeys import SETTINGS
-from tests.helpers import PASSWORD, PrivateRedis, bearer, register
+from tests.helpers import PASSWORD, bearer, register
 from tokend_client import (
     FileTokenStore,
     LoginFailed,
@@ -375,14 +375,6 @@ async def test_tokend_unreachable_during_refresh(make_session) -> None:
         await session.get("/auth/me")
     assert session.refreshes == 3
     assert await store.load() == expired
-
-
-@pytest.fixture
-def private_redis(tmp_path: Path) -> Iterator[PrivateRedis]:
-    server = PrivateRedis(str(tmp_path))
-    server.start()
-    yield server
-    server.kill()
 
 
 async def test_real_redis_outage_during_refresh(make_client, make_session, private_redis) -> None:

@@ -3,23 +3,11 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
-
-import pytest
 
 from service.devredis import free_port
 from service.http.appkeys import REDIS
-from tests.helpers import PASSWORD, PrivateRedis, bearer, register, register_and_login
-
-
-@pytest.fixture
-def private_redis(tmp_path: Path) -> Iterator[PrivateRedis]:
-    server = PrivateRedis(str(tmp_path))
-    server.start()
-    yield server
-    server.kill()
+from tests.helpers import PASSWORD, bearer, register, register_and_login
 
 
 async def assert_503(resp: Any) -> None:

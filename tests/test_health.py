@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -12,15 +10,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from service.devredis import free_port
 from service.migrate import upgrade_async
 from tests.conftest import drop_postgres_database, make_postgres_database
-from tests.helpers import PASSWORD, PrivateRedis, register, register_and_login
-
-
-@pytest.fixture
-def private_redis(tmp_path: Path) -> Iterator[PrivateRedis]:
-    server = PrivateRedis(str(tmp_path))
-    server.start()
-    yield server
-    server.kill()
+from tests.helpers import PASSWORD, register, register_and_login
 
 
 async def _assert_503(resp: Any) -> dict[str, Any]:

@@ -6,14 +6,12 @@ from __future__ import annotations
 import asyncio
 import signal
 import time
-from collections.abc import Callable, Iterator
-from pathlib import Path
+from collections.abc import Callable
 from typing import Any
 
-import pytest
 import redis.asyncio as aioredis
 
-from tests.helpers import PrivateRedis, bearer, login, register, unverified
+from tests.helpers import bearer, login, register, unverified
 
 READY_TIMEOUT = 10
 
@@ -240,14 +238,6 @@ async def test_killed_connection_reconnects_and_replays_what_it_missed(
     resp = await tokend.post("/auth/logout", headers=bearer(sessions[3]["access_token"]))
     await eventually(lambda: listener.is_revoked(claims_of(sessions[3])))
     assert sample(listener, "tokend_listener_propagation_seconds_count", {"source": "live"}) == 1
-
-
-@pytest.fixture
-def private_redis(tmp_path: Path) -> Iterator[PrivateRedis]:
-    server = PrivateRedis(str(tmp_path))
-    server.start()
-    yield server
-    server.kill()
 
 
 async def test_redis_restart_backs_off_reconnects_and_follows_again(

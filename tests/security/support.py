@@ -15,16 +15,16 @@ import shutil
 import signal
 import subprocess
 import sys
-import time
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 import jwt
 
-from service.devredis import answers, free_port
+from service.devredis import free_port
 from service.http.appkeys import CLOCK, KEYRING
 from service.keys import SigningKey
+from tests.helpers import PrivateRedis
 
 # --- tokens -------------------------------------------------------------------------------
 
@@ -244,54 +244,8 @@ class TcpProxy:
 # --- real servers ----------------------------------------------------------------------------
 
 
-class RedisServer:
-    """A redis-server of the test's own (never the shared one), with persistence options.
-
-    ``kill()`` is SIGKILL; ``start()`` again reuses the port and the directory, so a
-    ``dump.rdb`` or AOF left there is loaded.
-    """
-
-    def __init__(self, directory: Path, *extra: str) -> None:
-        self.port = free_port()
-        self.directory = directory
-        self.extra = extra
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    @property
-    def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
-
-    def start(self) -> None:
-        self.proc = subprocess.Popen(
-            [
-                "redis-server",
-                "--port",
-                str(self.port),
-                "--bind",
-                "127.0.0.1",
-                "--dir",
-                str(self.directory),
-                "--dbfilename",
-                "dump.rdb",
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-                *self.extra,
-            ],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        deadline = time.monotonic() + 10
-        while not answers(self.url, timeout=0.2):
-            assert self.proc.poll() is None, "redis-server exited"
-            assert time.monotonic() < deadline, "redis-server did not start"
-            time.sleep(0.02)
-
-    def kill(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGKILL)
-            self.proc.wait()
+# A private redis-server with persistence options: the one in tests/helpers.py.
+RedisServer = PrivateRedis
 
 
 def postgres_bin() -> Path | None:
