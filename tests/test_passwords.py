@@ -176,7 +176,11 @@ async def test_every_credential_failure_gets_the_same_answer(make_client: Any) -
         status, raw, headers = _comparable(resp, body)
         answers.add((status, raw, tuple(headers)))
     assert len(answers) == 1, answers
-    assert answers.pop()[0] == 401
+    status, _, headers = answers.pop()
+    assert status == 401
+    # Every 401 carries a challenge (RFC 9110), the same one for every failure.
+    challenges = [v for k, v in headers if k.lower() == b"www-authenticate"]
+    assert challenges == [b'Bearer realm="tokend"'], headers
 
 
 async def test_malformed_username_costs_a_verify_too(make_client: Any) -> None:

@@ -130,6 +130,7 @@ async def test_password_change_needs_the_current_password(client) -> None:
         headers=bearer(tokens["access_token"]),
     )
     assert resp.status == 401
+    assert resp.headers["WWW-Authenticate"] == 'Bearer realm="tokend"'
     resp = await client.post(
         "/auth/password",
         json={"current_password": PASSWORD, "new_password": "short"},

@@ -61,6 +61,10 @@ def render(exc: TokendError, *, bearer: bool = True) -> web.Response:
         )
     elif isinstance(exc, InvalidClient):
         headers["WWW-Authenticate"] = 'Basic realm="tokend"'
+    if exc.status == 401 and "WWW-Authenticate" not in headers:
+        # RFC 9110 section 15.5.2: every 401 carries a challenge (bad login credentials, a
+        # wrong current password, a token error where bearer details do not apply).
+        headers["WWW-Authenticate"] = REALM
     if isinstance(exc, RateLimited | Unavailable):
         headers["Retry-After"] = str(exc.retry_after)
     return json_error(exc.status, exc.code, exc.description, headers)
