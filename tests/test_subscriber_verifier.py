@@ -627,3 +627,16 @@ async def test_cache_size_zero_disables_the_cache(tokend, make_verifier) -> None
     assert (verifier.cache_hits, verifier.cache_misses, verifier.cached_tokens) == (0, 3, 0)
     with pytest.raises(ValueError, match="cache_size"):
         make_verifier(cache_size=-1)
+
+
+async def test_only_the_unpadded_spelling_of_a_token_is_cached(tokend, make_verifier) -> None:
+    """PyJWT accepts a padded signature too; one token must not fill the cache."""
+    tokens, claims = await login_claims(tokend)
+    token = tokens["access_token"]
+    verifier = make_verifier()
+    for _ in range(2):
+        assert (await verifier.verify(token + "=="))["sid"] == claims["sid"]
+    assert (verifier.cache_hits, verifier.cached_tokens) == (0, 0)
+    await verifier.verify(token)
+    await verifier.verify(token)
+    assert (verifier.cache_hits, verifier.cached_tokens) == (1, 1)

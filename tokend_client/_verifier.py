@@ -14,12 +14,12 @@ seconds: a subscriber's clock is not the issuer's.
 Successful verifications are remembered in a bounded LRU (``cache_size`` tokens, keyed
 by the token's SHA-256; 0 disables it), because a client sends one access token on every
 call until it refreshes and the signature check is most of the cost. A hit skips only
-the header, signature, issuer and audience checks, which cannot change for the same
-token and key: the time claims are checked again against the clock on every call (an
-entry never outlives ``exp``), the key set is still refreshed as usual, entries verified
-with a key that leaves the JWKS (or changes under its kid) are dropped, and failures are
-never stored. Each call returns its own copy of the claims. Revocation is not the
-verifier's business: the middleware checks the deny list after every ``verify``.
+the checks that depend on nothing but the token and its key (header, signature, issuer,
+audience, required claims): the time claims are checked against the clock on every
+call (an entry never outlives ``exp``), the key set is still refreshed as usual, entries
+verified with a key that leaves the JWKS (or changes under its kid) are dropped, and
+failures are never stored. Each call returns its own copy of the claims. Revocation is
+not the verifier's business: the middleware checks the deny list after every ``verify``.
 """
 
 from __future__ import annotations
@@ -187,8 +187,10 @@ class TokenVerifier:
         except jwt.PyJWTError as exc:
             raise InvalidToken(_describe(exc)) from None
         self._check_claims(claims)
-        # No await since _key(): the key is still the current one for kid.
-        if digest:
+        # No await since _key(): the key is still the current one for kid. PyJWT also
+        # accepts a padded signature ("=="): only the unpadded spelling is cached, so a
+        # holder of one token cannot fill the cache with spellings of it.
+        if digest and "=" not in token:
             self._cache.put(digest, claims, kid, key)
         return claims
 
