@@ -10,6 +10,7 @@ so a logout at tokend is refused here within milliseconds. Environment:
     TOKEND_AUDIENCE        default: tokend
     PORT                   default: 8081 (HOST default: 127.0.0.1)
     TOKEND_JWKS_CACHE_TTL, TOKEND_JWKS_MIN_REFETCH   seconds; defaults 300 and 30
+    TOKEND_VERIFY_CACHE_SIZE   verified tokens remembered; default 10000, 0 disables
 
 Routes: GET /protected (the token's claims, or the RFC 6750 401), GET /metrics
 (Prometheus text, the listener's metrics included), GET /healthz (200 once the
@@ -59,6 +60,7 @@ def create_app(env: Mapping[str, str]) -> web.Application:
         audience=env.get("TOKEND_AUDIENCE", "tokend"),
         cache_ttl=float(env.get("TOKEND_JWKS_CACHE_TTL", "300")),
         min_refetch_interval=float(env.get("TOKEND_JWKS_MIN_REFETCH", "30")),
+        cache_size=int(env.get("TOKEND_VERIFY_CACHE_SIZE", "10000")),
     )
     listener = RevocationListener(
         env.get("TOKEND_REDIS_URL", "redis://127.0.0.1:6379/0"),

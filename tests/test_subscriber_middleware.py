@@ -191,3 +191,34 @@ async def test_key_rotated_event_makes_the_verifier_refetch(
     assert (await service.get("/protected", headers=bearer(tokens["access_token"]))).status == 200
     assert verifier.fetches == 2
     assert listener.deny_list_size == 0
+
+
+async def test_a_cached_token_is_refused_once_its_session_is_revoked(
+    tokend, aiohttp_client, redis_prefix
+) -> None:
+    """The verified-token cache answers verify(); the deny list is still checked after it."""
+    verifier = TokenVerifier(
+        str(tokend.make_url("/.well-known/jwks.json")), issuer=ISSUER, audience="tokend"
+    )
+    listener = listener_for(redis_prefix)
+    app = web.Application()
+    setup(app, verifier, listener)
+    app.router.add_get("/protected", claims_handler)
+    service = await aiohttp_client(app)
+    async with asyncio.timeout(10):
+        await listener.wait_ready()
+    tokens = await register_and_login(tokend)
+    headers = bearer(tokens["access_token"])
+    for _ in range(2):
+        assert (await service.get("/protected", headers=headers)).status == 200
+    assert (verifier.cache_hits, verifier.cached_tokens) == (1, 1)
+    assert (await tokend.post("/auth/logout", headers=headers)).status == 204
+    async with asyncio.timeout(10):
+        while listener.deny_list_size == 0:
+            await asyncio.sleep(0.005)
+    hits = verifier.cache_hits
+    resp = await service.get("/protected", headers=headers)
+    assert resp.status == 401
+    assert (await resp.json())["error_description"] == "token revoked"
+    # the token was still valid for the verifier (served from its cache), yet refused
+    assert verifier.cache_hits == hits + 1

@@ -483,3 +483,160 @@ async def test_unusable_jwks_entries_are_skipped(tokend, proxy, make_verifier) -
     assert verifier.kids == {unverified(tokens["access_token"])[0]["kid"]}
     hs = jwt.encode(claims, b"0" * 32, algorithm="HS256", headers={"typ": "at+jwt", "kid": "hmac"})
     await rejected(verifier.verify(hs), "unknown signing key")
+
+
+# the verified-token cache
+
+
+async def test_a_cached_token_still_expires_at_exp(tokend, make_verifier) -> None:
+    tokens, claims = await login_claims(tokend)
+    token = tokens["access_token"]
+    clock = Clock(claims["iat"])
+    verifier = make_verifier(clock=clock, leeway=30)
+    await verifier.verify(token)
+    assert (verifier.cache_misses, verifier.cache_hits, verifier.cached_tokens) == (1, 0, 1)
+    clock.now = claims["exp"] + 29
+    assert (await verifier.verify(token))["sid"] == claims["sid"]
+    assert verifier.cache_hits == 1  # answered from the cache, time checked all the same
+    clock.now = claims["exp"] + 30
+    await rejected(verifier.verify(token), "expired")
+    assert verifier.cache_hits == 1 and verifier.cached_tokens == 0  # and dropped
+    # without leeway a cached token is refused from the very second of its exp
+    strict_clock = Clock(claims["exp"] - 1)
+    strict = make_verifier(clock=strict_clock, leeway=0)
+    await strict.verify(token)
+    await strict.verify(token)
+    assert strict.cache_hits == 1
+    strict_clock.now = claims["exp"]
+    with pytest.raises(TokenExpired):
+        await strict.verify(token)
+
+
+async def test_failures_are_never_cached_and_do_not_touch_good_entries(
+    tokend, make_verifier
+) -> None:
+    tokens, claims = await login_claims(tokend)
+    token = tokens["access_token"]
+    clock = Clock(claims["iat"])
+    verifier = make_verifier(clock=clock, leeway=30)
+    await verifier.verify(token)
+    head, _, sig = token.split(".")
+    tampered = f"{head}.{b64(json.dumps({**claims, 'sub': 'mallory'}).encode())}.{sig}"
+    not_yet = sign_with_tokend_key(tokend, {**claims, "nbf": claims["iat"] + 60})
+    for _ in range(3):
+        await rejected(verifier.verify(tampered), "bad signature")
+        await rejected(verifier.verify(not_yet), "not yet valid")
+        assert (await verifier.verify(token))["sub"] == claims["sub"]
+    assert verifier.cached_tokens == 1  # only the good token
+    assert (verifier.cache_hits, verifier.cache_misses) == (3, 7)  # every failure re-verified
+    # once valid, the formerly early token is verified in full, then cached
+    clock.now = claims["iat"] + 31
+    await verifier.verify(not_yet)
+    await verifier.verify(not_yet)
+    assert (verifier.cache_hits, verifier.cache_misses, verifier.cached_tokens) == (4, 8, 2)
+
+
+async def test_callers_cannot_change_the_cached_claims(tokend, make_verifier) -> None:
+    _, claims = await login_claims(tokend)
+    token = sign_with_tokend_key(tokend, {**claims, "roles": ["reader"], "ctx": {"t": 1}})
+    verifier = make_verifier()
+    first = await verifier.verify(token)
+    for _ in range(2):
+        got = await verifier.verify(token)
+        assert got == first == {**claims, "roles": ["reader"], "ctx": {"t": 1}}
+        got["sub"] = "mallory"
+        got["roles"].append("admin")
+        got["ctx"]["t"] = 2
+        got["extra"] = True
+    first["sid"] = "changed by the first caller"
+    assert await verifier.verify(token) == {**claims, "roles": ["reader"], "ctx": {"t": 1}}
+    assert verifier.cache_hits == 3
+
+
+async def test_tokens_of_a_key_that_left_the_jwks_are_evicted(tokend, proxy, make_verifier) -> None:
+    tokens, claims = await login_claims(tokend)
+    private, jwk = attacker_key()  # stands in for a second key of the issuer
+    proxy.extra_keys = [jwk]
+    other = jwt.encode(
+        claims, private, algorithm="EdDSA", headers={"typ": "at+jwt", "kid": jwk["kid"]}
+    )
+    clock = Clock(claims["iat"])
+    verifier = make_verifier(clock=clock, cache_ttl=300, min_refetch_interval=30)
+    for _ in range(2):
+        await verifier.verify(tokens["access_token"])
+        await verifier.verify(other)
+    assert (verifier.cache_hits, verifier.cached_tokens) == (2, 2)
+    proxy.extra_keys = []
+    clock.now += 300  # the next verification refetches the JWKS
+    await verifier.verify(tokens["access_token"])
+    assert proxy.hits == 2
+    assert verifier.cached_tokens == 1  # the other key's token is gone ...
+    await rejected(verifier.verify(other), "unknown signing key")  # ... and refused
+    assert verifier.cache_hits == 3  # tokend's own token was still served from the cache
+
+
+async def test_tokens_of_a_key_changed_under_its_kid_are_evicted(
+    tokend, proxy, make_verifier
+) -> None:
+    tokens, claims = await login_claims(tokend)
+    private, jwk = attacker_key()
+    proxy.extra_keys = [jwk]
+    other = jwt.encode(
+        claims, private, algorithm="EdDSA", headers={"typ": "at+jwt", "kid": jwk["kid"]}
+    )
+    clock = Clock(claims["iat"])
+    verifier = make_verifier(clock=clock, min_refetch_interval=30)
+    await verifier.verify(tokens["access_token"])
+    await verifier.verify(other)
+    _, replacement = attacker_key()
+    proxy.extra_keys = [{**replacement, "kid": jwk["kid"]}]
+    verifier.request_refresh()  # as on key.rotated
+    clock.now += 30
+    await rejected(verifier.verify(other), "bad signature")
+    assert proxy.hits == 2
+    assert verifier.cached_tokens == 1
+    # an unchanged key keeps its tokens across refetches
+    await verifier.verify(tokens["access_token"])
+    assert verifier.cache_hits == 1
+
+
+async def test_the_cache_holds_at_most_cache_size_tokens(tokend, make_verifier) -> None:
+    _, claims = await login_claims(tokend)
+    made = [sign_with_tokend_key(tokend, {**claims, "jti": f"jti-{i}"}) for i in range(5)]
+    verifier = make_verifier(cache_size=3)
+    assert verifier.cache_size == 3
+    for token in made[:3]:
+        await verifier.verify(token)
+    await verifier.verify(made[0])  # now the most recently used: made[1] goes first
+    for token in made[3:]:
+        await verifier.verify(token)
+    assert verifier.cached_tokens == 3
+    assert (verifier.cache_hits, verifier.cache_misses) == (1, 5)
+    for token in (made[0], made[3], made[4]):
+        await verifier.verify(token)
+    assert (verifier.cache_hits, verifier.cache_misses) == (4, 5)
+    await verifier.verify(made[1])  # evicted: verified in full again
+    assert (verifier.cache_hits, verifier.cache_misses, verifier.cached_tokens) == (4, 6, 3)
+
+
+async def test_cache_size_zero_disables_the_cache(tokend, make_verifier) -> None:
+    tokens, claims = await login_claims(tokend)
+    verifier = make_verifier(cache_size=0)
+    for _ in range(3):
+        assert (await verifier.verify(tokens["access_token"]))["sid"] == claims["sid"]
+    assert (verifier.cache_hits, verifier.cache_misses, verifier.cached_tokens) == (0, 3, 0)
+    with pytest.raises(ValueError, match="cache_size"):
+        make_verifier(cache_size=-1)
+
+
+async def test_only_the_unpadded_spelling_of_a_token_is_cached(tokend, make_verifier) -> None:
+    """PyJWT accepts a padded signature too; one token must not fill the cache."""
+    tokens, claims = await login_claims(tokend)
+    token = tokens["access_token"]
+    verifier = make_verifier()
+    for _ in range(2):
+        assert (await verifier.verify(token + "=="))["sid"] == claims["sid"]
+    assert (verifier.cache_hits, verifier.cached_tokens) == (0, 0)
+    await verifier.verify(token)
+    await verifier.verify(token)
+    assert (verifier.cache_hits, verifier.cached_tokens) == (1, 1)

@@ -10,6 +10,16 @@ The checks are the server's (``typ: at+jwt``, no ``jku``/``x5u``/``jwk``/``x5c``
 headers, the algorithm pinned per key, exact ``iss`` and ``aud``, numeric time
 claims, required claims), except that ``exp``, ``iat`` and ``nbf`` get ``leeway``
 seconds: a subscriber's clock is not the issuer's.
+
+Successful verifications are remembered in a bounded LRU (``cache_size`` tokens, keyed
+by the token's SHA-256; 0 disables it), because a client sends one access token on every
+call until it refreshes and the signature check is most of the cost. A hit skips only
+the checks that depend on nothing but the token and its key (header, signature, issuer,
+audience, required claims): the time claims are checked against the clock on every
+call (an entry never outlives ``exp``), the key set is still refreshed as usual, entries
+verified with a key that leaves the JWKS (or changes under its kid) are dropped, and
+failures are never stored. Each call returns its own copy of the claims. Revocation is
+not the verifier's business: the middleware checks the deny list after every ``verify``.
 """
 
 from __future__ import annotations
@@ -24,6 +34,7 @@ from typing import Any
 import aiohttp
 import jwt
 
+from ._cache import VerifiedCache, VerifiedToken, token_digest
 from ._errors import InvalidToken, JWKSUnavailable, TokenExpired
 
 __all__ = ["TokenVerifier"]
@@ -63,6 +74,7 @@ class TokenVerifier:
         leeway: float = 30,
         clock: Clock = time.time,
         fetch_timeout: float = 5,
+        cache_size: int = 10_000,
     ) -> None:
         self.jwks_url = str(jwks_url)
         self.issuer = issuer
@@ -75,6 +87,8 @@ class TokenVerifier:
         self._session = session
         self._owns_session = session is None
         self._keys: dict[str, jwt.PyJWK] = {}
+        self._sources: dict[str, str] = {}  # each key's JWK as served, to spot changes
+        self._cache = VerifiedCache(cache_size)
         self._fetched_at: float | None = None  # last successful fetch
         self._attempted_at: float | None = None  # last fetch attempt, for the rate limit
         self._stale = False
@@ -82,6 +96,9 @@ class TokenVerifier:
         #: Fetch attempts and failed attempts so far (also counting the first fetch).
         self.fetches = 0
         self.fetch_errors = 0
+        #: Verifications answered from the verified-token cache, and full verifications.
+        self.cache_hits = 0
+        self.cache_misses = 0
 
     async def __aenter__(self) -> TokenVerifier:
         return self
@@ -98,11 +115,22 @@ class TokenVerifier:
         if self._owns_session and self._session is not None:
             await self._session.close()
             self._session = None
+        self._cache.clear()
 
     @property
     def kids(self) -> frozenset[str]:
         """The key ids currently cached."""
         return frozenset(self._keys)
+
+    @property
+    def cache_size(self) -> int:
+        """At most this many verified tokens are remembered (0: the cache is off)."""
+        return self._cache.size
+
+    @property
+    def cached_tokens(self) -> int:
+        """How many verified tokens are remembered now."""
+        return len(self._cache)
 
     def request_refresh(self) -> None:
         """Refetch the JWKS before the next verification (for ``key.rotated``).
@@ -122,6 +150,13 @@ class TokenVerifier:
             raise InvalidToken("malformed token")
         if len(token) > MAX_TOKEN_LENGTH:
             raise InvalidToken("token too long")
+        digest = token_digest(token) if self._cache.size else b""
+        entry = self._cache.get(digest) if digest else None
+        if entry is not None:
+            cached = await self._verify_cached(digest, entry)
+            if cached is not None:
+                return cached
+        self.cache_misses += 1
         try:
             header = jwt.get_unverified_header(token)
         except jwt.PyJWTError:
@@ -152,7 +187,27 @@ class TokenVerifier:
         except jwt.PyJWTError as exc:
             raise InvalidToken(_describe(exc)) from None
         self._check_claims(claims)
+        # No await since _key(): the key is still the current one for kid. PyJWT also
+        # accepts a padded signature ("=="): only the unpadded spelling is cached, so a
+        # holder of one token cannot fill the cache with spellings of it.
+        if digest and "=" not in token:
+            self._cache.put(digest, claims, kid, key)
         return claims
+
+    async def _verify_cached(self, digest: bytes, entry: VerifiedToken) -> dict[str, Any] | None:
+        """The claims of a remembered token, None when it must be verified afresh."""
+        # Keep the key set as fresh as a full verification would (TTL, key.rotated); a
+        # refetch that drops or changes the key evicts the entry, which is checked below.
+        key = await self._key(entry.kid)
+        if key is not entry.key or self._cache.get(digest) is not entry:
+            return None
+        try:
+            self._check_claims(entry.claims)
+        except InvalidToken:
+            self._cache.discard(digest)
+            raise
+        self.cache_hits += 1
+        return entry.copy_claims()
 
     def _check_claims(self, claims: dict[str, Any]) -> None:
         # PyJWT accepts a string "exp"; time claims must be JSON numbers (RFC 7519 NumericDate).
@@ -214,14 +269,24 @@ class TokenVerifier:
         self._attempted_at = self._clock()
         self.fetches += 1
         try:
-            keys = _parse_jwks(await self._get_json())
+            parsed = _parse_jwks(await self._get_json())
         except (JWKSUnavailable, aiohttp.ClientError, TimeoutError, ValueError) as exc:
             self.fetch_errors += 1
             log.warning("JWKS fetch from %s failed: %s", self.jwks_url, exc)
             return exc
         finally:
             self._inflight = None
+        # An unchanged key keeps its object, so the tokens it verified stay cached; tokens
+        # verified with a key that is gone or changed under its kid are forgotten.
+        keys = {
+            kid: self._keys[kid] if self._sources.get(kid) == source else key
+            for kid, (source, key) in parsed.items()
+        }
+        dropped = [kid for kid, key in self._keys.items() if keys.get(kid) is not key]
+        if dropped and (evicted := self._cache.evict_keys(dropped)):
+            log.info("keys %s left the JWKS: %d cached tokens dropped", sorted(dropped), evicted)
         self._keys = keys
+        self._sources = {kid: source for kid, (source, _) in parsed.items()}
         self._fetched_at = self._attempted_at
         self._stale = False
         return None
@@ -243,11 +308,14 @@ class TokenVerifier:
         return json.loads(body)
 
 
-def _parse_jwks(document: Any) -> dict[str, jwt.PyJWK]:
-    """The usable public signing keys of a JWKS, by kid; unusable keys are skipped."""
+def _parse_jwks(document: Any) -> dict[str, tuple[str, jwt.PyJWK]]:
+    """The usable public signing keys of a JWKS, by kid, each with its JWK as JSON text.
+
+    Unusable keys are skipped.
+    """
     if not isinstance(document, Mapping) or not isinstance(document.get("keys"), list):
         raise JWKSUnavailable("JWKS document has no key list")
-    keys: dict[str, jwt.PyJWK] = {}
+    keys: dict[str, tuple[str, jwt.PyJWK]] = {}
     for jwk in document["keys"]:
         try:
             kid, key = _parse_jwk(jwk)
@@ -257,7 +325,7 @@ def _parse_jwks(document: Any) -> dict[str, jwt.PyJWK]:
         if kid in keys:
             log.warning("skipping JWK with duplicate kid %s", kid)
             continue
-        keys[kid] = key
+        keys[kid] = (json.dumps(jwk, sort_keys=True), key)
     if not keys:
         raise JWKSUnavailable("JWKS holds no usable signing key")
     return keys
