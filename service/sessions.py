@@ -2,8 +2,11 @@
 
 Keys (``P`` is the prefix; one session's keys share the ``{sid}`` hash slot):
 
-    P:s:{sid}    hash: uid, cid, scope, created, last, idle, abs, cur, cur_iat, cur_exp,
-                 prev, prev_until, ua, ip (TTL follows the idle deadline)
+    P:s:{sid}    hash: uid, cid, scope, created, last, idle, abs, cur, prev, ua, ip, ep
+                 (TTL follows the idle deadline). The current refresh token was issued at
+                 ``last`` and expires at ``idle``; ``prev`` is honoured until last + grace.
+                 The user agent and IP are cut to 64 bytes (http/request.py) so that,
+                 with a usual scope, Redis keeps the hash as a compact listpack.
     P:ds:{sid}   the session's access tokens are denied (TTL: until they expire)
     P:u:<uid>    zset of the user's sids scored by absolute deadline
     P:du:<uid>   the user's access tokens issued before this time are denied
@@ -182,8 +185,7 @@ class SessionStore:
                     idle,
                     absolute,
                     jti,
-                    iat,
-                    user_agent[:256],
+                    user_agent,
                     ip,
                     self.prefix,
                     *known,
@@ -211,7 +213,7 @@ class SessionStore:
                     self.grace,
                     self.deny_until(now),
                     self.retention,
-                    user_agent[:256],
+                    user_agent,
                     ip,
                     *known,
                 ],
@@ -358,17 +360,17 @@ class SessionStore:
         with redis_errors():
             row = await self.redis.hmget(
                 self.session_key(sid),
-                ["uid", "cur", "prev", "prev_until", "idle", "abs", "cid", "scope", "ep"],
+                ["uid", "cur", "prev", "last", "idle", "abs", "cid", "scope", "ep"],
             )
             epoch = await self.redis.get(f"{self.prefix}:epoch")
-        uid, cur, prev, prev_until, idle, absolute, cid, scope, ep = cast(list[str | None], row)
+        uid, cur, prev, last, idle, absolute, cid, scope, ep = cast(list[str | None], row)
         if uid is None or idle is None or absolute is None:
             return None
         if int(ep or 1) < int(epoch or 0):
             return None  # fenced: rotate.lua ends it on its next use
         if now >= float(idle) or now >= float(absolute):
             return None
-        in_grace = jti == prev and prev_until is not None and now < float(prev_until)
+        in_grace = jti == prev and last is not None and now < float(last) + self.grace
         if jti != cur and not in_grace:
             return None
         return SessionGrant(uid=uid, client_id=cid or "", scope=scope or "")

@@ -80,7 +80,25 @@ async def json_body(request: web.Request, *, optional: bool = False) -> dict[str
         raise BadRequest("body is not valid JSON") from None
     if not isinstance(value, dict):
         raise BadRequest("body must be a JSON object")
+    if "\\u" in text and not _is_unicode(value):
+        raise BadRequest("body holds a lone surrogate (\\ud800-\\udfff): not valid Unicode")
     return value
+
+
+def _is_unicode(value: Any) -> bool:
+    """Whether every string in a parsed JSON value is valid Unicode: JSON escapes can
+    spell lone surrogates, which no store or hash accepts."""
+    if isinstance(value, str):
+        try:
+            value.encode()
+        except UnicodeEncodeError:
+            return False
+        return True
+    if isinstance(value, dict):
+        return all(_is_unicode(k) and _is_unicode(v) for k, v in value.items())
+    if isinstance(value, list):
+        return all(_is_unicode(item) for item in value)
+    return True
 
 
 async def form_body(request: web.Request) -> dict[str, str]:
@@ -113,5 +131,39 @@ def client_info(
         if forwarded:
             ip = forwarded.split(",")[0].strip()
     return ClientInfo(
-        ip=ip[:64], user_agent=request.headers.get(hdrs.USER_AGENT, "")[:256], client_id=client_id
+        ip=_fit(_text(ip), FIELD_BYTES),
+        user_agent=shorten(_text(request.headers.get(hdrs.USER_AGENT, "")), FIELD_BYTES),
+        client_id=client_id,
     )
+
+
+# Session fields stay within Redis's hash-max-listpack-value (64 bytes by default), so
+# the session hash keeps its compact encoding.
+FIELD_BYTES = 64
+
+
+def _text(value: str) -> str:
+    """Header text as valid Unicode: aiohttp hands bytes that are not UTF-8 over as lone
+    surrogates, which neither Redis nor JSON can carry; they become U+FFFD."""
+    try:
+        raw = value.encode("utf-8", "surrogateescape")
+    except UnicodeEncodeError:
+        raw = value.encode("utf-8", "replace")
+    return raw.decode("utf-8", "replace")
+
+
+def _fit(value: str, limit: int) -> str:
+    """The longest prefix of ``value`` within ``limit`` UTF-8 bytes."""
+    return value.encode()[:limit].decode("utf-8", "ignore")
+
+
+def shorten(value: str, limit: int) -> str:
+    """``value`` within ``limit`` UTF-8 bytes, keeping both ends: head…tail (a user agent
+    names the client at the start and its version at the end)."""
+    raw = value.encode()
+    if len(raw) <= limit:
+        return value
+    room = limit - len("…".encode())
+    head = raw[: room // 2].decode("utf-8", "ignore")
+    tail = raw[len(raw) - (room - room // 2) :].decode("utf-8", "ignore")
+    return f"{head}…{tail}"

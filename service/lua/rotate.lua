@@ -10,11 +10,13 @@ local prefix, sid, jti = ARGV[1], ARGV[2], ARGV[3]
 local ep, gen = position(prefix)
 if is_behind(ep, gen, ARGV[12], ARGV[13]) then return {'stale'} end
 local now = tonumber(ARGV[4])
-local f = redis.call('HMGET', KEYS[1], 'uid', 'cur', 'prev', 'prev_until', 'abs', 'idle',
-  'cur_iat', 'cur_exp', 'cid', 'scope', 'ep')
+-- The current refresh token was issued at `last` (iat: its whole second) and expires at
+-- `idle`; the previous one is honoured until `last` + grace.
+local f = redis.call('HMGET', KEYS[1], 'uid', 'cur', 'prev', 'last', 'abs', 'idle', 'cid',
+  'scope', 'ep')
 local uid = f[1]
 if not uid then return {'unknown'} end
-if tonumber(f[11] or '1') < ep then
+if tonumber(f[9] or '1') < ep then
   -- created before the last fence: its state may be a restored, outdated copy
   redis.call('DEL', KEYS[1])
   redis.call('ZREM', prefix .. ':u:' .. uid, sid)
@@ -25,16 +27,15 @@ if now >= tonumber(f[6]) or now >= tonumber(f[5]) then return {'expired', uid} e
 if jti == f[2] then
   local iat = math.floor(now)
   local exp = math.min(iat + tonumber(ARGV[6]), math.floor(tonumber(f[5])))
-  redis.call('HSET', KEYS[1], 'cur', ARGV[5], 'cur_iat', iat, 'cur_exp', exp, 'prev', jti,
-    'prev_until', now + tonumber(ARGV[7]), 'idle', exp, 'last', ARGV[4], 'ua', ARGV[10],
-    'ip', ARGV[11])
+  redis.call('HSET', KEYS[1], 'cur', ARGV[5], 'prev', jti, 'idle', exp, 'last', ARGV[4],
+    'ua', ARGV[10], 'ip', ARGV[11])
   expire_at(KEYS[1], exp)
   redis.call('ZADD', expiry_key(prefix, sid), exp, sid .. ':' .. uid)
   gen = redis.call('INCR', prefix .. ':gen')
-  return {'rotated', uid, ARGV[5], iat, exp, f[9], f[10], gen, ep}
+  return {'rotated', uid, ARGV[5], iat, exp, f[7], f[8], gen, ep}
 end
-if jti == f[3] and now < tonumber(f[4]) then
-  return {'grace', uid, f[2], tonumber(f[7]), tonumber(f[8]), f[9], f[10], gen, ep}
+if jti == f[3] and now < tonumber(f[4]) + tonumber(ARGV[7]) then
+  return {'grace', uid, f[2], math.floor(tonumber(f[4])), tonumber(f[6]), f[7], f[8], gen, ep}
 end
 revoke_session(prefix, sid, uid, 'refresh_token_reuse', now, ARGV[8], ARGV[9])
 gen = redis.call('INCR', prefix .. ':gen')
