@@ -15,6 +15,8 @@ from redis.asyncio import Redis
 from redis.exceptions import RedisError
 from sqlalchemy.ext.asyncio import async_sessionmaker
 
+from tokend_client._tasks import stop_tasks
+
 from .auth import Authenticator
 from .clock import Clock, system_clock
 from .crypto import Sealer, decode_kek, load_or_create_dev_kek
@@ -118,8 +120,7 @@ def setup_fence(app: web.Application, settings: Settings) -> None:
         app[FENCE] = fence
         task = asyncio.create_task(fence.run())
         yield
-        task.cancel()
-        await asyncio.gather(task, return_exceptions=True)
+        await stop_tasks([task])
         try:
             await fence.checkpoint()
         except TokendError as exc:
@@ -146,9 +147,7 @@ def setup_keys(app: web.Application, settings: Settings, kek: bytes) -> None:
             ),
         ]
         yield
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+        await stop_tasks(tasks)
         await subscriber.aclose()
 
     app.cleanup_ctx.append(ctx)

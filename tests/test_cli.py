@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import dataclasses
+import gc
 import os
 import re
 import signal
@@ -20,6 +22,7 @@ import aiohttp
 import asyncpg
 import pytest
 
+from service.cli import GC_YOUNG_THRESHOLD, serve
 from service.crypto import generate_kek
 from service.devredis import answers, free_port
 from tests.conftest import (
@@ -345,3 +348,30 @@ async def test_dev_without_redis_says_how_to_get_it(tmp_path: Path) -> None:
     # It stopped before creating anything.
     assert not (tmp_path / "dev.db").exists()
     assert not (tmp_path / "dev.db.kek").exists()
+
+
+async def test_serve_settles_the_garbage_collector_once_listening(make_settings) -> None:
+    """`tokend serve` freezes what start-up made and raises the young-generation threshold
+    (service.cli.settle_gc), so collections do not walk start-up objects mid-request."""
+    before_threshold = gc.get_threshold()
+    gc.unfreeze()
+    port = free_port()
+    task = asyncio.create_task(serve(dataclasses.replace(make_settings(), port=port)))
+    try:
+        async with aiohttp.ClientSession() as session:
+            for _ in range(100):
+                with contextlib.suppress(aiohttp.ClientError):
+                    async with session.get(f"http://127.0.0.1:{port}/healthz") as resp:
+                        if resp.status == 200:
+                            break
+                await asyncio.sleep(0.1)
+            else:
+                raise AssertionError("serve did not come up")
+        assert gc.get_freeze_count() > 10_000
+        assert gc.get_threshold()[0] == GC_YOUNG_THRESHOLD
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        gc.unfreeze()
+        gc.set_threshold(*before_threshold)

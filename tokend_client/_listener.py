@@ -41,6 +41,7 @@ from redis.exceptions import RedisError
 from ._denylist import DenyList
 from ._listener_metrics import make_metrics
 from ._position import PositionWatch, RedisBehind
+from ._tasks import stop_tasks
 
 __all__ = ["RevocationListener"]
 
@@ -148,9 +149,7 @@ class RevocationListener:
     async def close(self) -> None:
         """Stop the background task and close its connection."""
         if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+            await stop_tasks([self._task])
             self._task = None
         self._metrics.connected.set(0)
 
