@@ -18,6 +18,7 @@ import redis.asyncio as aioredis
 from bench.harness import REDIS_URL, cleanup_redis_prefix, fmt, median, new_prefix, wait_quiet
 from bench.report import Section, progress
 from service.clock import FrozenClock
+from service.http.request import FIELD_BYTES, shorten
 from service.redisconn import make_redis
 from service.sessions import SessionStore
 from service.settings import Settings
@@ -146,7 +147,8 @@ async def _memory(n: int) -> Section:
     rows = []
     s = Section(f"6. Redis memory per live session ({n:,} sessions)")
     try:
-        for label, ua in (("API client user agent", API_UA), ("browser user agent", BROWSER_UA)):
+        for label, sent in (("API client user agent", API_UA), ("browser user agent", BROWSER_UA)):
+            ua = shorten(sent, FIELD_BYTES)  # what the HTTP layer records (client_info)
             prefix = new_prefix("mem")
             settings = _settings(prefix)
             try:
@@ -168,7 +170,8 @@ async def _memory(n: int) -> Section:
                 encoding = await redis.object("encoding", store.session_key(made[0][0]))
             finally:
                 cleanup_redis_prefix(prefix)
-            rows.append([label, f"{len(ua)} chars", f"{created / n:.0f}",
+            rows.append([label, f"{len(sent)} chars sent, {len(ua.encode())} B recorded",
+                         f"{created / n:.0f}",
                          f"{created_keys / n:.0f}", f"{rotated / n:.0f}",
                          f"{rotated_keys / n:.0f}",
                          f"{kinds.get('s', 0) / n:.0f} ({encoding})",
@@ -182,7 +185,8 @@ async def _memory(n: int) -> Section:
     finally:
         await redis.aclose()
     s.add(f"{n:,} sessions of {n:,} users created through `SessionStore.create` (the login "
-          "path's Redis work; uid a UUID, ip set, the user agent as given), then each refreshed "
+          "path's Redis work; uid a UUID, ip set, the user agent as the HTTP layer records it: "
+          "within 64 bytes, `head…tail`), then each refreshed "
           "once through `SessionStore.rotate` (which adds the previous token and its grace). "
           "`INFO memory` used_memory deltas (the whole server: other clients add noise) next "
           "to the sum of `MEMORY USAGE` over the prefix's keys, split by structure (session "
