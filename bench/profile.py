@@ -178,8 +178,8 @@ def profile_section(duration: float, sessions: int) -> Section:
         _describe(s, f"tokend `POST /auth/refresh` while {STORM_LOGINS} logins run", raw,
                   result, duration)
         if EXAMPLE.exists():
-            # a session of its own: the refresh runs above may have ended the earlier ones
-            # (a chain whose answer wrk dropped when it stopped is replayed as reuse)
+            # a session of its own: in one run the first session's access token was refused
+            # (401) after the refresh runs above had driven its chain
             token = asyncio.run(make_sessions(server.url, 1))[0]["access_token"]
             with example_service(server) as (url, pid), workdir("profile-example") as wd2:
                 urllib.request.urlopen(urllib.request.Request(
