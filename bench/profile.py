@@ -129,11 +129,13 @@ def thread_samples(raw: str) -> Counter[str]:
 
 def _describe(s: Section, what: str, raw: str, result: WrkResult, duration: float) -> None:
     samples, categories, leaves = summarise(raw)
-    progress(f"[profile] {what}: {samples} event-loop samples, {result.rps:,.0f}/s under py-spy")
+    progress(f"[profile] {what}: {samples} event-loop samples, {result.rps:,.0f}/s under py-spy,"
+             f" answers {dict(result.statuses)}")
     busy = samples / (RATE * int(duration))
     per_request_us = 1e6 * busy / result.rps if result.rps else float("nan")
     s.add(f"### {what}", "",
-          f"{result.rps:,.0f} requests/s while sampled; {samples:,} event-loop samples, the "
+          f"{result.rps:,.0f} requests/s while sampled ({result.ok_share:.1%} of them 2xx); "
+          f"{samples:,} event-loop samples, the "
           f"loop busy {busy:.0%} of the time: about {per_request_us:.0f} µs of loop time per "
           "request.", "")
     others = [(name, n) for name, n in thread_samples(raw).most_common() if name != "MainThread"]
