@@ -6,8 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Callable, Iterator
-from pathlib import Path
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import aiohttp
@@ -26,16 +25,8 @@ CONTROL = 20
 
 
 @pytest.fixture
-def server(tmp_path: Path) -> Iterator[RedisServer]:
-    redis = RedisServer(tmp_path)
-    redis.start()
-    yield redis
-    redis.kill()
-
-
-@pytest.fixture
-async def proxy(server: RedisServer) -> AsyncIterator[TcpProxy]:
-    link = TcpProxy(server.port)
+async def proxy(private_redis: RedisServer) -> AsyncIterator[TcpProxy]:
+    link = TcpProxy(private_redis.port)
     await link.start()
     yield link
     await link.close()
@@ -74,8 +65,10 @@ def _missed(listener: Any, pairs: list[TokenPair]) -> int:
     return sum(not listener.is_revoked(unverified(p.access_token)[1]) for p in pairs)
 
 
-async def test_offline_during_a_thousand_revocations(make_client, make_listener, server, proxy):
-    client = await make_client(TOKEND_REDIS_URL=server.url)
+async def test_offline_during_a_thousand_revocations(
+    make_client, make_listener, private_redis, proxy
+):
+    client = await make_client(TOKEND_REDIS_URL=private_redis.url)
     pairs = await _sessions(client, REVOKED + CONTROL)
     revoked, control = pairs[:REVOKED], pairs[REVOKED:]
     listener = await make_listener(
@@ -99,16 +92,16 @@ async def test_offline_during_a_thousand_revocations(make_client, make_listener,
     assert listener.skipped == 0 and listener.invalid == 0
 
 
-async def test_cut_off_by_the_pubsub_output_buffer_limit(make_client, make_listener, server):
-    admin = aioredis.Redis.from_url(server.url, decode_responses=True)
+async def test_cut_off_by_the_pubsub_output_buffer_limit(make_client, make_listener, private_redis):
+    admin = aioredis.Redis.from_url(private_redis.url, decode_responses=True)
     try:
         await admin.config_set("client-output-buffer-limit", "pubsub 1kb 1kb 1")
     finally:
         await admin.aclose()
-    client = await make_client(TOKEND_REDIS_URL=server.url)
+    client = await make_client(TOKEND_REDIS_URL=private_redis.url)
     pairs = await _sessions(client, REVOKED + CONTROL)
     revoked, control = pairs[:REVOKED], pairs[REVOKED:]
-    listener = await make_listener(server.url, backoff_initial=0.05, backoff_max=0.5)
+    listener = await make_listener(private_redis.url, backoff_initial=0.05, backoff_max=0.5)
     async with asyncio.timeout(10):
         await listener.wait_ready()
 
