@@ -342,7 +342,16 @@ class SessionStore:
         # iat has whole seconds: a token from the revocation's own second counts as before it.
         if fenced is not None and iat <= float(fenced):
             return True
-        return du is not None and iat <= float(du)
+        if du is None or iat > float(du):
+            return False
+        if int(iat) < int(float(du)):
+            return True
+        # A token from the user revocation's own second: issued before it, unless its
+        # session began after it (a login right after logout-all). revoke_user.lua ended
+        # every session the user had (hash deleted, sid denied), so a live session hash
+        # means the session, and so the token, came later.
+        with redis_errors():
+            return not await self.redis.exists(self.session_key(sid))
 
     async def get(self, sid: str) -> SessionInfo | None:
         """One session's public state, or None when it has ended."""

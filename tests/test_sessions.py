@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import json
+import math
+import time
 from typing import Any
 
 import pytest
 
+from service.clock import FrozenClock
 from service.http.appkeys import SETTINGS
 from tests.helpers import PASSWORD, bearer, login, register, register_and_login, unverified
 
@@ -64,6 +67,29 @@ async def test_delete_own_session_denies_its_tokens_at_once(client, redis_client
         ("session.revoked", sid1, "session_deleted")
     ]
     assert evs[0]["until"] > evs[0]["at"]
+
+
+async def test_a_login_right_after_logout_all_is_not_revoked(make_client) -> None:
+    """Access tokens carry a whole-second iat. One from the logout-all's own second is
+    refused as issued before it, unless its session began after the logout-all."""
+    clock = FrozenClock(math.floor(time.time()) + 0.1)
+    client = await make_client(clock=clock)
+    first = await register_and_login(client, "alice")
+    clock.advance(0.3)
+    second = await login(client, "alice")  # an old session with a token of that second
+    resp = await client.post("/auth/logout-all", headers=bearer(first["access_token"]))
+    assert resp.status == 204
+    clock.advance(0.3)
+    again = await login(client, "alice")  # a new session, still in the same second
+    assert (
+        unverified(again["access_token"])[1]["iat"] == unverified(second["access_token"])[1]["iat"]
+    )
+    assert await me_status(client, again["access_token"]) == 200
+    assert await me_status(client, second["access_token"]) == 401
+    assert await me_status(client, first["access_token"]) == 401
+    # and the new session's token stays good after that second
+    clock.advance(5)
+    assert await me_status(client, again["access_token"]) == 200
 
 
 async def test_another_users_session_is_404(client) -> None:
