@@ -68,7 +68,8 @@ class DenyList:
                 del self.subs[sub]
                 return False
             # iat has whole seconds: a token from the revocation's own second counts as
-            # issued before it, as at the server.
+            # issued before it (tokend, which knows when each session began, lets a
+            # later login's token of that second through; the event cannot say).
             return isinstance(iat, int | float) and iat <= at
         return False
 
