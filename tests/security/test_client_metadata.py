@@ -8,10 +8,8 @@ import json
 from typing import Any
 
 import pytest
-import redis.asyncio as aioredis
 
 from service.http.appkeys import AUTH
-from tests.conftest import REDIS_URL
 from tests.helpers import PASSWORD, bearer, register
 from tests.security.support import http_request, parse_answer, raw_exchange
 
@@ -34,15 +32,9 @@ async def _login_raw(client: Any, username: str, headers: list[tuple[bytes, byte
     return parse_answer(answer)
 
 
-async def _session_hash(client: Any, sid: str) -> tuple[dict[bytes, bytes], str]:
-    redis = aioredis.from_url(REDIS_URL)
-    try:
-        name = client.server.app[AUTH].sessions.session_key(sid)
-        row = await redis.hgetall(name)
-        encoding = (await redis.object("encoding", name)).decode()
-        return row, encoding
-    finally:
-        await redis.aclose()
+async def _session_hash(client: Any, redis: Any, sid: str) -> tuple[dict[str, str], str]:
+    name = client.server.app[AUTH].sessions.session_key(sid)
+    return await redis.hgetall(name), await redis.object("encoding", name)
 
 
 @pytest.mark.parametrize(
@@ -73,7 +65,9 @@ async def test_bytes_that_are_not_utf8(make_client, header) -> None:
     assert parse_answer(answer)[0] == 401
 
 
-async def test_a_long_user_agent_keeps_both_ends_and_the_hash_compact(make_client) -> None:
+async def test_a_long_user_agent_keeps_both_ends_and_the_hash_compact(
+    make_client, redis_client
+) -> None:
     client = await make_client()
     agent = "Mozilla/5.0 " + "é" * 300 + " Firefox/133.0"
     await register(client, "bob")
@@ -89,15 +83,15 @@ async def test_a_long_user_agent_keeps_both_ends_and_the_hash_compact(make_clien
     assert recorded.startswith("Mozilla/5.0 ") and recorded.endswith(" Firefox/133.0"), recorded
     assert "…" in recorded and len(recorded.encode()) <= LISTPACK_VALUE_BYTES
     sid = session["id"]
-    row, encoding = await _session_hash(client, sid)
+    row, encoding = await _session_hash(client, redis_client, sid)
     assert encoding == "listpack", row
-    assert all(len(value) <= LISTPACK_VALUE_BYTES for value in row.values())
+    assert all(len(value.encode()) <= LISTPACK_VALUE_BYTES for value in row.values())
     # and after a rotation, with the same agent
     resp = await client.post(
         "/auth/refresh", headers={**bearer(tokens["refresh_token"]), "User-Agent": agent}
     )
     assert resp.status == 200
-    row, encoding = await _session_hash(client, sid)
+    row, encoding = await _session_hash(client, redis_client, sid)
     assert encoding == "listpack", row
 
 
