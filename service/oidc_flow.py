@@ -1,18 +1,25 @@
 """Social login: the authorization code flow's state, the local user, and one-time login codes.
 
 ``begin`` stores state, nonce, PKCE verifier and return_to in Redis (single use, short
-TTL) and gives the provider URL; ``resume`` consumes that record at the callback;
-``finish`` checks the response and the ID token; the local user is found by
-(issuer, subject) only, or created without a password. Tokens never travel in a URL:
-with a return_to the browser carries a one-time ``login_code`` that the application
-redeems for the token body.
+TTL), bound to the browser's cookie, and gives the provider URL; ``resume`` consumes that
+record at the callback; ``finish`` checks the response and the ID token; the local user is
+found by (issuer, subject) only, or created without a password. Tokens never travel in a
+URL: with a return_to the browser carries a one-time ``login_code`` that only the
+application holding the PKCE-style ``code_verifier`` can redeem for the token body.
+
+Linking is bound to the user's session at both ends: the Bearer-authenticated start gives
+a one-time link ticket, which a top-level navigation of the user's browser turns into the
+binding cookie and the provider redirect; the callback links nothing by itself but hands
+out a one-time ``link_code`` that only the same session (uid and sid) can confirm.
 """
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import hmac
 import json
+import re
 import secrets
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -20,8 +27,9 @@ from urllib.parse import parse_qsl, quote, unquote, urlencode, urlsplit, urlunsp
 
 from redis.asyncio import Redis
 
-from .auth import Authenticator, ClientInfo, TokenPair
+from .auth import Authenticator, ClientInfo, Principal, TokenPair
 from .errors import InvalidGrant, NotFound, SocialLoginFailed
+from .flowlimit import FlowStartLimiter
 from .identities import ExternalAccount, Identity, IdentityStore
 from .oidc import ProviderClient
 from .redisconn import redis_errors
@@ -29,7 +37,16 @@ from .users import User
 
 STATE_TTL = 600
 LOGIN_CODE_TTL = 60
+LINK_TICKET_TTL = 60
+LINK_CODE_TTL = 300
 MAX_RETURN_TO = 2048
+# Every field of a state record is bounded (return_to by MAX_RETURN_TO, the provider name
+# by the settings, the rest are fixed-size); this is the cap on the whole record.
+MAX_STATE_RECORD = 4096
+
+# RFC 7636 section 4.2 (S256: base64url of a SHA-256, 43 characters) and section 4.1.
+_CHALLENGE = re.compile(r"[A-Za-z0-9_-]{43}")
+_VERIFIER = re.compile(r"[A-Za-z0-9._~-]{43,128}")
 
 # RFC 6749 section 4.1.2.1 codes passed on from the provider; anything else reads access_denied.
 PROVIDER_ERRORS = frozenset(
@@ -58,6 +75,26 @@ class PendingLogin:
     verifier: str
     return_to: str | None
     link_user: str | None
+    link_sid: str | None = None
+    code_challenge: str | None = None
+
+
+def s256(verifier: str) -> str:
+    """RFC 7636 S256: the code_challenge of a code_verifier."""
+    digest = hashlib.sha256(verifier.encode("ascii")).digest()
+    return base64.urlsafe_b64encode(digest).rstrip(b"=").decode()
+
+
+def check_code_challenge(challenge: object, method: object) -> str:
+    """A well-formed S256 code_challenge; 400 otherwise (``plain`` is refused)."""
+    if method not in (None, "S256"):
+        raise SocialLoginFailed("code_challenge_method must be S256")
+    if not isinstance(challenge, str) or not _CHALLENGE.fullmatch(challenge):
+        raise SocialLoginFailed(
+            "a return_to needs a code_challenge: base64url(SHA-256(code_verifier)), "
+            "43 characters (RFC 7636 S256)"
+        )
+    return challenge
 
 
 def _port(scheme: str, port: int | None) -> int | None:
@@ -125,6 +162,8 @@ class SocialLogin:
         auth: Authenticator,
         base_url: str,
         return_to: tuple[str, ...],
+        starts_per_ip: int = 60,
+        starts_window: int = 900,
     ) -> None:
         self.providers = providers
         self.redis = redis
@@ -133,6 +172,9 @@ class SocialLogin:
         self.auth = auth
         self.base_url = base_url.rstrip("/")
         self.return_to = return_to
+        self.starts = FlowStartLimiter(
+            redis, prefix=prefix, per_ip=starts_per_ip, window=starts_window
+        )
 
     def provider(self, name: str) -> ProviderClient:
         """The client of a configured provider; 404 otherwise."""
@@ -153,16 +195,26 @@ class SocialLogin:
             raise SocialLoginFailed("return_to is not an allowed URL (TOKEND_OIDC_RETURN_TO)")
         return url
 
+    def link_start_uri(self, name: str, ticket: str) -> str:
+        """tokend's URL that turns a link ticket into a browser-bound link flow."""
+        return f"{self.base_url}/auth/oidc/{quote(name, safe='')}/link/start?" + urlencode(
+            {"ticket": ticket}
+        )
+
     async def begin(
         self,
         name: str,
         *,
         return_to: str | None,
-        browser: str | None = None,
+        browser: str,
         link_user: str | None = None,
+        link_sid: str | None = None,
+        code_challenge: str | None = None,
     ) -> str:
-        """Store the flow's secrets and return the provider's authorization URL."""
+        """Store the flow's secrets, bound to ``browser``; the provider's authorization URL."""
         client = self.provider(name)
+        if not browser:
+            raise SocialLoginFailed("a login flow needs its browser-binding cookie")
         state, nonce = secrets.token_urlsafe(32), secrets.token_urlsafe(32)
         verifier = secrets.token_urlsafe(48)
         url = await client.authorization_url(
@@ -174,10 +226,15 @@ class SocialLogin:
             "verifier": verifier,
             "return_to": return_to,
             "link_user": link_user,
-            "browser": binding_hash(browser) if browser else None,
+            "link_sid": link_sid,
+            "code_challenge": code_challenge,
+            "browser": binding_hash(browser),
         }
+        raw = json.dumps(record)
+        if len(raw) > MAX_STATE_RECORD:
+            raise SocialLoginFailed("the login request is too large")
         with redis_errors():
-            await self.redis.set(self._state_key(state), json.dumps(record), ex=STATE_TTL)
+            await self.redis.set(self._state_key(state), raw, ex=STATE_TTL)
         return url
 
     async def resume(self, name: str, state: object, browser: str | None) -> PendingLogin:
@@ -193,6 +250,9 @@ class SocialLogin:
         if record["provider"] != name:
             raise SocialLoginFailed("the state belongs to another provider's login")
         bound = record.get("browser")
+        if record.get("link_user") and not bound:
+            # A link flow is never valid without the browser that started it.
+            raise SocialLoginFailed("this link was not started by a browser")
         if bound and not (browser and hmac.compare_digest(bound, binding_hash(browser))):
             raise SocialLoginFailed("this login was started in another browser")
         return PendingLogin(
@@ -201,6 +261,8 @@ class SocialLogin:
             verifier=record["verifier"],
             return_to=record.get("return_to"),
             link_user=record.get("link_user"),
+            link_sid=record.get("link_sid"),
+            code_challenge=record.get("code_challenge"),
         )
 
     async def finish(self, pending: PendingLogin, params: Mapping[str, str]) -> ExternalAccount:
@@ -225,39 +287,58 @@ class SocialLogin:
         claims = await client.verify_id_token(id_token, pending.nonce)
         return client.account(claims)
 
-    async def local_user(self, account: ExternalAccount) -> User:
-        """The user linked to the account, or a new one; never matched by email."""
+    async def local_user(self, account: ExternalAccount) -> tuple[User, float]:
+        """The user linked to the account, or a new one (never matched by email), and when
+        it was checked: Redis's clock, read before the user row, for ``start_session``'s
+        ``checked_at`` (a session is never born after a revocation that came later)."""
+        checked_at = await self.auth.sessions.server_time()
         user = await self.identities.find_or_create_user(account, self.auth.clock())
         if user.disabled:
             raise SocialLoginFailed("this account is disabled", code="access_denied")
-        return user
+        return user, checked_at
 
     async def link(self, user_id: str, account: ExternalAccount) -> Identity:
-        """Link the account to the user who started the link flow."""
+        """Link the account to the user who started (and confirmed) the link flow."""
         user = await self.auth.users.by_id(user_id)
         if user is None or user.disabled:
             raise SocialLoginFailed("the account to link to is gone or disabled", "access_denied")
         return await self.identities.link(user_id, account, self.auth.clock())
 
-    async def start_session(self, user: User, client: ClientInfo) -> TokenPair:
+    async def start_session(
+        self, user: User, client: ClientInfo, *, checked_at: float | None
+    ) -> TokenPair:
         """tokend's own session for a user who logged in at a provider."""
-        pair = await self.auth.start_session(user, client)
+        pair = await self.auth.start_session(user, client, checked_at=checked_at)
         self.auth.metrics.logins.labels("oidc").inc()
         return pair
 
-    async def issue_login_code(self, user: User, client: ClientInfo) -> str:
-        """A one-time code for the application to redeem (LOGIN_CODE_TTL seconds)."""
+    async def issue_login_code(
+        self, user: User, client: ClientInfo, *, checked_at: float, code_challenge: str | None
+    ) -> str:
+        """A one-time code for the application to redeem (LOGIN_CODE_TTL seconds), bound
+        to the code_challenge the application gave when the login began."""
+        if code_challenge is None:
+            # Only a state record from before code_challenge was required lacks it.
+            raise SocialLoginFailed("this login began without a code_challenge")
         code = secrets.token_urlsafe(32)
-        record = {"user": user.id, "ip": client.ip, "user_agent": client.user_agent}
+        record = {
+            "user": user.id,
+            "ip": client.ip,
+            "user_agent": client.user_agent,
+            "checked_at": checked_at,
+            "code_challenge": code_challenge,
+        }
         with redis_errors():
             await self.redis.set(self._code_key(code), json.dumps(record), ex=LOGIN_CODE_TTL)
         return code
 
-    async def redeem_login_code(self, code: object) -> TokenPair:
+    async def redeem_login_code(self, code: object, verifier: object) -> TokenPair:
         """The token pair of a login code; once only (400 invalid_grant afterwards).
 
-        The session starts here, not at the callback, so no tokens wait in Redis and an
-        abandoned code leaves no session behind. It records the browser of the callback.
+        The code is consumed before ``verifier`` is checked: a wrong or missing
+        code_verifier burns it. The session starts here, not at the callback, so no tokens
+        wait in Redis and an abandoned code leaves no session behind. It records the
+        browser of the callback.
         """
         if not isinstance(code, str) or not code or len(code) > 128:
             raise InvalidGrant("login_code is required")
@@ -266,14 +347,104 @@ class SocialLogin:
         if raw is None:
             raise InvalidGrant("unknown, expired or already used login_code")
         record = json.loads(raw)
+        challenge = record.get("code_challenge")
+        if not (
+            isinstance(verifier, str)
+            and _VERIFIER.fullmatch(verifier)
+            and isinstance(challenge, str)
+            and hmac.compare_digest(s256(verifier), challenge)
+        ):
+            raise InvalidGrant("code_verifier does not match the login's code_challenge")
         user = await self.auth.users.by_id(record["user"])
         if user is None or user.disabled:
             raise InvalidGrant("the account of this login_code is no longer active")
         client = ClientInfo(ip=record["ip"], user_agent=record["user_agent"])
-        return await self.start_session(user, client)
+        return await self.start_session(user, client, checked_at=record.get("checked_at"))
+
+    async def issue_link_ticket(
+        self, name: str, principal: Principal, return_to: str | None
+    ) -> str:
+        """A one-time ticket (LINK_TICKET_TTL s) for ``link_start_uri``: the caller's uid
+        and sid, waiting for the caller's browser to pick them up."""
+        self.provider(name)
+        ticket = secrets.token_urlsafe(32)
+        record = {
+            "provider": name,
+            "user": principal.user.id,
+            "sid": principal.sid,
+            "return_to": return_to,
+        }
+        with redis_errors():
+            await self.redis.set(self._ticket_key(ticket), json.dumps(record), ex=LINK_TICKET_TTL)
+        return ticket
+
+    async def begin_link(self, name: str, ticket: object, browser: str) -> str:
+        """Consume a link ticket; the link flow, bound to ``browser``: the provider URL."""
+        self.provider(name)
+        if not isinstance(ticket, str) or not ticket or len(ticket) > 128:
+            raise SocialLoginFailed("missing or malformed link ticket")
+        with redis_errors():
+            raw = await self.redis.getdel(self._ticket_key(ticket))
+        if raw is None:
+            raise SocialLoginFailed("unknown, expired or already used link ticket")
+        record = json.loads(raw)
+        if record["provider"] != name:
+            raise SocialLoginFailed("the link ticket belongs to another provider")
+        if await self.auth.sessions.get(record["sid"]) is None:
+            raise SocialLoginFailed("the session that asked for this link has ended")
+        return await self.begin(
+            name,
+            return_to=record.get("return_to"),
+            browser=browser,
+            link_user=record["user"],
+            link_sid=record["sid"],
+        )
+
+    async def issue_link_code(self, pending: PendingLogin, account: ExternalAccount) -> str:
+        """The callback of a link flow links nothing: a one-time code (LINK_CODE_TTL s) that
+        only the session which started the link can confirm."""
+        assert pending.link_user is not None
+        code = secrets.token_urlsafe(32)
+        record = {
+            "user": pending.link_user,
+            "sid": pending.link_sid,
+            "account": {
+                "provider": account.provider,
+                "issuer": account.issuer,
+                "subject": account.subject,
+                "email": account.email,
+            },
+        }
+        with redis_errors():
+            await self.redis.set(self._link_key(code), json.dumps(record), ex=LINK_CODE_TTL)
+        return code
+
+    async def confirm_link(self, code: object, principal: Principal) -> Identity:
+        """Link the account of a link_code to the caller; once only, and only for the very
+        session (uid and sid) that started the link. Any other caller burns the code."""
+        if not isinstance(code, str) or not code or len(code) > 128:
+            raise InvalidGrant("link_code is required")
+        with redis_errors():
+            raw = await self.redis.getdel(self._link_key(code))
+        if raw is None:
+            raise InvalidGrant("unknown, expired or already used link_code")
+        record = json.loads(raw)
+        same_user = hmac.compare_digest(str(record["user"]), principal.user.id)
+        same_session = hmac.compare_digest(str(record["sid"]), principal.sid)
+        if not (same_user and same_session):
+            raise InvalidGrant("this link_code belongs to another session")
+        account = ExternalAccount(**record["account"])
+        self.provider(account.provider)
+        return await self.link(principal.user.id, account)
 
     def _state_key(self, state: str) -> str:
         return f"{self.prefix}:oidc:state:{hashlib.sha256(state.encode()).hexdigest()}"
 
     def _code_key(self, code: str) -> str:
         return f"{self.prefix}:oidc:code:{hashlib.sha256(code.encode()).hexdigest()}"
+
+    def _ticket_key(self, ticket: str) -> str:
+        return f"{self.prefix}:oidc:ticket:{hashlib.sha256(ticket.encode()).hexdigest()}"
+
+    def _link_key(self, code: str) -> str:
+        return f"{self.prefix}:oidc:link:{hashlib.sha256(code.encode()).hexdigest()}"

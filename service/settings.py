@@ -77,6 +77,9 @@ class Settings:
     oauth_clients: Mapping[str, OAuthClient] = field(default_factory=dict)
     oidc_providers: Mapping[str, OIDCProvider] = field(default_factory=dict)
     oidc_return_to: tuple[str, ...] = ()
+    # Social-login flow starts (each writes a Redis record) per client IP and
+    # TOKEND_LOGIN_FAILURE_WINDOW.
+    oidc_starts_per_ip: int = 60
 
     @property
     def is_sqlite(self) -> bool:
@@ -138,6 +141,9 @@ class Settings:
             oauth_clients=MappingProxyType(r.get("TOKEND_OAUTH_CLIENTS", {}, _oauth_clients)),
             oidc_providers=MappingProxyType(r.get("TOKEND_OIDC_PROVIDERS", {}, _oidc_providers)),
             oidc_return_to=r.get("TOKEND_OIDC_RETURN_TO", (), _url_list),
+            oidc_starts_per_ip=r.get(
+                "TOKEND_OIDC_STARTS_PER_IP", cls.oidc_starts_per_ip, _positive
+            ),
         )
         if settings.refresh_idle_ttl > settings.refresh_absolute_ttl:
             raise ConfigError(

@@ -8,6 +8,7 @@ Node.js and npm these tests are skipped, and say so.
 from __future__ import annotations
 
 import asyncio
+import base64
 import hashlib
 import json
 import os
@@ -40,6 +41,11 @@ CLIENT_ID = "tokend-test"
 CLIENT_SECRET = "s3cret:with+odd/chars=%&"
 APP = "https://app.example.com/done"
 RETURN_TO = f"{APP},http://localhost:3000/"
+# The application's PKCE-style pair binding a login_code to it (RFC 7636 S256).
+VERIFIER = "app-verifier-" + "x" * 40
+CHALLENGE = (
+    base64.urlsafe_b64encode(hashlib.sha256(VERIFIER.encode()).digest()).decode().rstrip("=")
+)
 
 pytestmark = pytest.mark.slow
 
@@ -168,7 +174,7 @@ class World:
         try:
             url = start_url or self.url("/auth/oidc/test/login")
             if return_to is not None and start_url is None:
-                url += "?" + urlencode({"return_to": return_to})
+                url += "?" + urlencode({"return_to": return_to, "code_challenge": CHALLENGE})
             stop = (lambda u: "/callback?" in u) if stop_at_callback else (lambda u: False)
             step = await self.follow(browser, url, stop=stop)
             for _ in range(3):
@@ -206,7 +212,7 @@ MakeWorld = Callable[..., Awaitable[World]]
 async def make_world(
     provider_ready: Path, aiohttp_client: Any, make_settings: Callable[..., Settings]
 ) -> AsyncIterator[MakeWorld]:
-    """``await make_world(alg=..., start_provider=True)``: tokend on a known port (its
+    """``await make_world(alg=..., start_provider=True, **env)``: tokend on a known port (its
     TOKEND_ISSUER is its own URL, which the provider registers as redirect URI)."""
     providers: list[Provider] = []
 
@@ -215,6 +221,7 @@ async def make_world(
         auth_method: str = "client_secret_basic",
         start_provider: bool = True,
         extra_providers: dict[str, Any] | None = None,
+        **env: str,
     ) -> World:
         port = free_port()
         base = f"http://127.0.0.1:{port}"
@@ -232,6 +239,7 @@ async def make_world(
             TOKEND_ISSUER=base,
             TOKEND_OIDC_PROVIDERS=json.dumps(spec),
             TOKEND_OIDC_RETURN_TO=RETURN_TO,
+            **env,
         )
         if start_provider:
             await provider.start()
@@ -317,17 +325,20 @@ async def test_login_code_is_redeemed_once(make_world: MakeWorld) -> None:
     assert set(query) == {"tab", "login_code"}  # no token ever travels in the URL
     assert "no-store" in step.headers["Cache-Control"]
 
-    first = await world.client.post("/auth/oidc/exchange", json={"login_code": query["login_code"]})
+    redeem = {"login_code": query["login_code"], "code_verifier": VERIFIER}
+    first = await world.client.post("/auth/oidc/exchange", json=redeem)
     assert first.status == 200, await first.text()
     body = await first.json()
     assert first.headers["Authorization"] == f"Bearer {body['access_token']}"
     claims = await asyncio.to_thread(_verify_with_jwks, world, body["access_token"])
     assert claims["sub"]
 
-    again = await world.client.post("/auth/oidc/exchange", json={"login_code": query["login_code"]})
+    again = await world.client.post("/auth/oidc/exchange", json=redeem)
     assert again.status == 400
     assert (await again.json())["error"] == "invalid_grant"
-    unknown = await world.client.post("/auth/oidc/exchange", json={"login_code": "nope"})
+    unknown = await world.client.post(
+        "/auth/oidc/exchange", json={"login_code": "nope", "code_verifier": VERIFIER}
+    )
     assert unknown.status == 400
     assert (await unknown.json())["error"] == "invalid_grant"
 
@@ -429,7 +440,7 @@ async def test_denied_consent(make_world: MakeWorld) -> None:
         async with new_browser() as browser:
             url = world.url("/auth/oidc/test/login")
             if return_to:
-                url += f"?return_to={return_to}"
+                url += "?" + urlencode({"return_to": return_to, "code_challenge": CHALLENGE})
             page = await world.follow(browser, url)
             abort = urljoin(page.url, re.search(r'href="([^"]*abort[^"]*)"', page.text).group(1))  # type: ignore[union-attr]
             answer = await world.follow(browser, abort)
@@ -508,10 +519,20 @@ async def test_identities_and_the_unlink_rule(make_world: MakeWorld) -> None:
     started = await world.client.post("/auth/oidc/test/link", headers=bearer(local["access_token"]))
     assert started.status == 200, await started.text()
     url = (await started.json())["authorization_url"]
-    assert url.startswith(world.provider.issuer)
-    linked = await world.login("carol", start_url=url)
-    assert linked.status == 200, linked.text
-    assert linked.json() == {"linked": {"provider": "test", "issuer": world.provider.issuer}}
+    # tokend's own URL with a one-time ticket: the browser's top-level visit binds the flow.
+    assert url.startswith(world.url("/auth/oidc/test/link/start?ticket="))
+    callback = await world.login("carol", start_url=url)
+    assert callback.status == 200, callback.text
+    pending = callback.json()
+    assert set(pending) == {"link_code", "provider"}
+    assert await _identities(world, local["access_token"]) == []  # the callback links nothing
+    linked = await world.client.post(
+        "/auth/oidc/link/confirm",
+        json={"link_code": pending["link_code"]},
+        headers=bearer(local["access_token"]),
+    )
+    assert linked.status == 200, await linked.text()
+    assert await linked.json() == {"linked": {"provider": "test", "issuer": world.provider.issuer}}
     [identity] = await _identities(world, local["access_token"])
     assert identity["subject"] == "carol"
     # Logging in at the provider as carol now means the password user.
@@ -520,7 +541,12 @@ async def test_identities_and_the_unlink_rule(make_world: MakeWorld) -> None:
     assert (await me.json())["username"] == "carol-local"
     # Alice's provider account is someone else's: linking it is refused.
     again = await world.client.post("/auth/oidc/test/link", headers=bearer(local["access_token"]))
-    conflict = await world.login("alice", start_url=(await again.json())["authorization_url"])
+    alices = await world.login("alice", start_url=(await again.json())["authorization_url"])
+    conflict = await world.client.post(
+        "/auth/oidc/link/confirm",
+        json={"link_code": alices.json()["link_code"]},
+        headers=bearer(local["access_token"]),
+    )
     assert conflict.status == 409
 
     gone = await world.client.delete("/auth/identities/test", headers=bearer(local["access_token"]))

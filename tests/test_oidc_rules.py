@@ -236,6 +236,26 @@ async def test_exchange_needs_a_code(make_client: Any) -> None:
 
 async def test_head_never_starts_or_consumes_a_login(make_client: Any) -> None:
     client = await make_client(**_with_provider())
-    for path in ("/auth/oidc/test/login", "/auth/oidc/test/callback?state=x&code=y"):
+    for path in (
+        "/auth/oidc/test/login",
+        "/auth/oidc/test/callback?state=x&code=y",
+        "/auth/oidc/test/link/start?ticket=x",
+    ):
         resp = await client.head(path, allow_redirects=False)
         assert resp.status == 405, path
+
+
+def test_flow_start_limit_setting() -> None:
+    assert Settings.from_env({}).oidc_starts_per_ip == 60
+    assert Settings.from_env({"TOKEND_OIDC_STARTS_PER_IP": "5"}).oidc_starts_per_ip == 5
+    with pytest.raises(ConfigError, match="TOKEND_OIDC_STARTS_PER_IP"):
+        Settings.from_env({"TOKEND_OIDC_STARTS_PER_IP": "0"})
+
+
+async def test_unknown_link_tickets_and_codes_are_refused(make_client: Any) -> None:
+    client = await make_client(**_with_provider())
+    resp = await client.get("/auth/oidc/test/link/start?ticket=nope", allow_redirects=False)
+    assert resp.status == 400
+    assert "ticket" in (await resp.json())["error_description"]
+    resp = await client.post("/auth/oidc/link/confirm", json={"link_code": "x"})
+    assert resp.status == 401  # Bearer first: an anonymous caller learns nothing

@@ -3,6 +3,10 @@
 Errors before the callback's state is known are JSON; once the state names a return_to
 (checked against TOKEND_OIDC_RETURN_TO when the login began), failures redirect there
 with ``error`` and ``error_description`` instead. A failure never starts a session.
+
+Every flow is bound to the browser that started it (the ``tokend_oidc_browser`` cookie,
+set by a top-level GET). A link flow's callback links nothing: its ``link_code`` must be
+confirmed with the Bearer token of the session that asked for the link.
 """
 
 from __future__ import annotations
@@ -19,7 +23,7 @@ from sqlalchemy.ext.asyncio import async_sessionmaker
 from ..errors import BadRequest, TokendError
 from ..identities import SqlIdentityStore
 from ..oidc import HTTP_TIMEOUT, ProviderClient
-from ..oidc_flow import STATE_TTL, SocialLogin, with_query
+from ..oidc_flow import STATE_TTL, SocialLogin, check_code_challenge, with_query
 from ..settings import Settings
 from .appkeys import AUTH, CLOCK, ENGINE, OIDC, REDIS, SETTINGS
 from .auth_routes import NO_STORE, authenticated, token_response
@@ -53,6 +57,8 @@ def setup_oidc(app: web.Application, settings: Settings) -> None:
             auth=app[AUTH],
             base_url=settings.issuer,
             return_to=settings.oidc_return_to,
+            starts_per_ip=settings.oidc_starts_per_ip,
+            starts_window=settings.login_failure_window,
         )
         yield
         await http.close()
@@ -74,16 +80,18 @@ def _single_params(request: web.Request) -> dict[str, str]:
     return params
 
 
-@routes.get("/auth/oidc/{provider}/login", allow_head=False)
-async def login(request: web.Request) -> web.Response:
-    flow = request.app[OIDC]
-    name = request.match_info["provider"]
-    flow.provider(name)
-    return_to = flow.check_return_to(_single_params(request).get("return_to"))
+def _browser(request: web.Request) -> str:
+    """The browser-binding cookie's value, or a new one."""
     browser = request.cookies.get(BROWSER_COOKIE, "")
-    if not _BROWSER_VALUE.fullmatch(browser):
-        browser = secrets.token_urlsafe(32)
-    url = await flow.begin(name, return_to=return_to, browser=browser)
+    return browser if _BROWSER_VALUE.fullmatch(browser) else secrets.token_urlsafe(32)
+
+
+def _client_ip(request: web.Request) -> str:
+    settings = request.app[SETTINGS]
+    return client_info(request, settings).ip
+
+
+def _to_provider(request: web.Request, url: str, browser: str) -> web.Response:
     response = _redirect(url)
     # Binds the state to this browser: a callback URL sent to someone else fails there
     # (login CSRF). Lax is sent on the provider's top-level redirect back to tokend.
@@ -99,6 +107,46 @@ async def login(request: web.Request) -> web.Response:
     return response
 
 
+@routes.get("/auth/oidc/{provider}/login", allow_head=False)
+async def login(request: web.Request) -> web.Response:
+    flow = request.app[OIDC]
+    name = request.match_info["provider"]
+    flow.provider(name)
+    params = _single_params(request)
+    return_to = flow.check_return_to(params.get("return_to"))
+    # The login_code that return_to will carry is bound to the application that started
+    # the login: only its code_verifier redeems it (RFC 7636 style, S256 only). Without a
+    # return_to no code is issued, but a challenge that is given must still be well formed.
+    given = "code_challenge" in params or "code_challenge_method" in params
+    challenge = (
+        check_code_challenge(params.get("code_challenge"), params.get("code_challenge_method"))
+        if return_to or given
+        else None
+    )
+    await flow.starts.check(_client_ip(request))
+    browser = _browser(request)
+    url = await flow.begin(name, return_to=return_to, browser=browser, code_challenge=challenge)
+    return _to_provider(request, url, browser)
+
+
+@routes.get("/auth/oidc/{provider}/link/start", allow_head=False)
+async def link_start(request: web.Request) -> web.Response:
+    """The caller's browser, by a top-level navigation, takes up a link ticket: the flow is
+    bound to this browser's cookie from here on, then 302 to the provider."""
+    flow = request.app[OIDC]
+    name = request.match_info["provider"]
+    flow.provider(name)
+    # Fetch metadata, where the browser sends it: only a top-level navigation may start
+    # a link (a fetch or a frame would not be the user's own visible browser tab).
+    if request.headers.get("Sec-Fetch-Dest", "document") != "document" or request.headers.get(
+        "Sec-Fetch-Mode", "navigate"
+    ) not in ("navigate", "nested-navigate"):
+        raise BadRequest("a link must be opened by a top-level navigation of the browser")
+    browser = _browser(request)
+    url = await flow.begin_link(name, _single_params(request).get("ticket"), browser)
+    return _to_provider(request, url, browser)
+
+
 @routes.get("/auth/oidc/{provider}/callback", allow_head=False)
 async def callback(request: web.Request) -> web.Response:
     flow = request.app[OIDC]
@@ -107,22 +155,24 @@ async def callback(request: web.Request) -> web.Response:
         request.match_info["provider"], params.get("state"), request.cookies.get(BROWSER_COOKIE)
     )
     settings = request.app[SETTINGS]
-    client = client_info(request, trust_forwarded_for=settings.trust_forwarded_for)
+    client = client_info(request, settings)
     try:
         account = await flow.finish(pending, params)
         if pending.link_user is not None:
-            identity = await flow.link(pending.link_user, account)
+            # Links nothing yet: the session that asked for the link confirms the code.
+            code = await flow.issue_link_code(pending, account)
             if pending.return_to:
-                return _redirect(with_query(pending.return_to, linked=identity.provider))
+                return _redirect(with_query(pending.return_to, link_code=code))
             return web.json_response(
-                {"linked": {"provider": identity.provider, "issuer": identity.issuer}},
-                headers=NO_STORE,
+                {"link_code": code, "provider": account.provider}, headers=NO_STORE
             )
-        user = await flow.local_user(account)
+        user, checked_at = await flow.local_user(account)
         if pending.return_to:
-            code = await flow.issue_login_code(user, client)
+            code = await flow.issue_login_code(
+                user, client, checked_at=checked_at, code_challenge=pending.code_challenge
+            )
             return _redirect(with_query(pending.return_to, login_code=code))
-        return token_response(await flow.start_session(user, client))
+        return token_response(await flow.start_session(user, client, checked_at=checked_at))
     except TokendError as exc:
         request.app[AUTH].metrics.logins.labels("oidc_failed").inc()
         if not pending.return_to:
@@ -139,24 +189,38 @@ async def callback(request: web.Request) -> web.Response:
 @routes.post("/auth/oidc/exchange")
 async def exchange(request: web.Request) -> web.Response:
     body = await json_body(request)
-    pair = await request.app[OIDC].redeem_login_code(body.get("login_code"))
+    pair = await request.app[OIDC].redeem_login_code(
+        body.get("login_code"), body.get("code_verifier")
+    )
     return token_response(pair)
+
+
+@routes.post("/auth/oidc/link/confirm")
+async def link_confirm(request: web.Request) -> web.Response:
+    """Confirm a link_code with the Bearer token of the session that asked for the link."""
+    principal = await authenticated(request)
+    body = await json_body(request)
+    identity = await request.app[OIDC].confirm_link(body.get("link_code"), principal)
+    return web.json_response(
+        {"linked": {"provider": identity.provider, "issuer": identity.issuer}}, headers=NO_STORE
+    )
 
 
 @routes.post("/auth/oidc/{provider}/link")
 async def link(request: web.Request) -> web.Response:
-    """Start linking a provider account to the caller: the URL to send their browser to.
-
-    The URL is as sensitive as a password-reset link: single use, valid STATE_TTL seconds.
-    """
+    """Start linking a provider account to the caller: a tokend URL (with a one-time
+    ticket, LINK_TICKET_TTL seconds) to send the caller's own browser to."""
     principal = await authenticated(request)
     flow = request.app[OIDC]
     name = request.match_info["provider"]
     flow.provider(name)
     body = await json_body(request, optional=True) if request.body_exists else {}
     return_to = flow.check_return_to(body.get("return_to"))
-    url = await flow.begin(name, return_to=return_to, link_user=principal.user.id)
-    return web.json_response({"authorization_url": url}, headers=NO_STORE)
+    await flow.starts.check(_client_ip(request))
+    ticket = await flow.issue_link_ticket(name, principal, return_to)
+    return web.json_response(
+        {"authorization_url": flow.link_start_uri(name, ticket)}, headers=NO_STORE
+    )
 
 
 @routes.get("/auth/identities")

@@ -457,6 +457,18 @@ def return_to_schema(settings: Settings) -> Schema:
     }
 
 
+def _too_many_starts() -> Schema:
+    return error_response(
+        "More than TOKEND_OIDC_STARTS_PER_IP social-login starts from this client IP in "
+        "TOKEND_LOGIN_FAILURE_WINDOW (`slow_down`)",
+        headers={
+            "Retry-After": header(
+                {"type": "integer", "minimum": 1}, "Seconds to wait before trying again"
+            )
+        },
+    )
+
+
 def _redirect(description: str) -> Schema:
     return {
         "description": description,
@@ -923,7 +935,11 @@ def _paths(settings: Settings) -> dict[str, Any]:
                 "operationId": "oidcLogin",
                 "summary": "Start a social login: redirect to the provider",
                 "description": "Authorization code flow with PKCE S256, state and nonce. Sets "
-                "the browser-binding cookie `tokend_oidc_browser`.",
+                "the browser-binding cookie `tokend_oidc_browser`. With a `return_to`, "
+                "`code_challenge` is required: the `login_code` that return_to receives is "
+                "redeemed only with its `code_verifier`. At most TOKEND_OIDC_STARTS_PER_IP "
+                "starts (with link starts) per client IP every TOKEND_LOGIN_FAILURE_WINDOW "
+                "seconds (429).",
                 "parameters": [
                     provider,
                     {
@@ -933,6 +949,22 @@ def _paths(settings: Settings) -> dict[str, Any]:
                         "description": "where to send the browser afterwards",
                         "schema": return_to_schema(settings),
                     },
+                    {
+                        "name": "code_challenge",
+                        "in": "query",
+                        "required": False,
+                        "description": "required with return_to: "
+                        "BASE64URL(SHA-256(code_verifier)) of the application's own secret "
+                        "code_verifier (RFC 7636 S256)",
+                        "schema": {"type": "string", "pattern": "^[A-Za-z0-9_-]{43}$"},
+                    },
+                    {
+                        "name": "code_challenge_method",
+                        "in": "query",
+                        "required": False,
+                        "description": "only S256 (the default); plain is refused",
+                        "schema": {"type": "string", "enum": ["S256"]},
+                    },
                 ],
                 "responses": responses(
                     "400",
@@ -940,6 +972,7 @@ def _paths(settings: Settings) -> dict[str, Any]:
                     "502",
                     *STORE,
                     s302=_redirect("To the provider's authorization endpoint"),
+                    s429=_too_many_starts(),
                 ),
             }
         },
@@ -950,7 +983,9 @@ def _paths(settings: Settings) -> dict[str, Any]:
                 "summary": "The provider's redirect back to tokend",
                 "description": "Checks state (single use, bound to the browser), exchanges "
                 "the code and verifies the ID token. With a `return_to`: 302 there with "
-                "`login_code` (or `linked`, or `error`); without: the token body as JSON.",
+                "`login_code` (or `link_code`, or `error`); without: the token body (or "
+                "the link_code) as JSON. A link flow links nothing here: its `link_code` "
+                "must be confirmed at `POST /auth/oidc/link/confirm`.",
                 "parameters": [
                     provider,
                     *(
@@ -977,12 +1012,25 @@ def _paths(settings: Settings) -> dict[str, Any]:
                     *STORE,
                     s200={
                         "description": "Without return_to: the token pair of the new session, "
-                        "or the identity that was linked",
+                        "or the link_code of a link flow (valid 300 s, single use)",
                         "content": json_content(
-                            {"oneOf": [ref("schemas", "TokenBody"), ref("schemas", "Linked")]}
+                            {
+                                "oneOf": [
+                                    ref("schemas", "TokenBody"),
+                                    {
+                                        "type": "object",
+                                        "required": ["link_code", "provider"],
+                                        "additionalProperties": False,
+                                        "properties": {
+                                            "link_code": {"type": "string"},
+                                            "provider": {"type": "string"},
+                                        },
+                                    },
+                                ]
+                            }
                         ),
                     },
-                    s302=_redirect("To return_to with login_code, linked, or error"),
+                    s302=_redirect("To return_to with login_code, link_code, or error"),
                     s400=error_response(
                         "A missing, unknown, used or foreign state, a provider error, a bad "
                         "ID token; never a session"
@@ -995,18 +1043,28 @@ def _paths(settings: Settings) -> dict[str, Any]:
                 "tags": ["oidc"],
                 "operationId": "oidcExchange",
                 "summary": "Redeem a login_code (single use, 60 s) for a token pair",
+                "description": "The `code_verifier` must be the one whose S256 challenge "
+                "started the login; a wrong or missing one refuses and burns the code.",
                 "requestBody": {
                     "required": True,
                     "content": json_content(
                         {
                             "type": "object",
-                            "required": ["login_code"],
+                            "required": ["login_code", "code_verifier"],
                             "additionalProperties": True,
                             "properties": {
-                                "login_code": {"type": "string", "minLength": 1, "maxLength": 128}
+                                "login_code": {"type": "string", "minLength": 1, "maxLength": 128},
+                                "code_verifier": {
+                                    "type": "string",
+                                    "pattern": "^[A-Za-z0-9._~-]{43,128}$",
+                                    "description": "RFC 7636 section 4.1",
+                                },
                             },
                         },
-                        {"login_code": "qOVcXcmJ0C7f1o0S2dSyr6iNsvQe0QfHq3gYw2yCk2w"},
+                        {
+                            "login_code": "qOVcXcmJ0C7f1o0S2dSyr6iNsvQe0QfHq3gYw2yCk2w",
+                            "code_verifier": "dBjftJeZ4CVP-mB92K27uhbUJU1p1r_wW1gFWFOEjXk",
+                        },
                     ),
                 },
                 "responses": responses(
@@ -1015,7 +1073,8 @@ def _paths(settings: Settings) -> dict[str, Any]:
                     *STORE,
                     s200=token_op,
                     s400=error_response(
-                        "Malformed, or an unknown, expired or used login_code (`invalid_grant`)"
+                        "Malformed, or an unknown, expired or used login_code, or a code_verifier "
+                        "that does not fit its code_challenge (`invalid_grant`)"
                     ),
                 ),
             }
@@ -1025,8 +1084,11 @@ def _paths(settings: Settings) -> dict[str, Any]:
                 "tags": ["oidc"],
                 "operationId": "oidcLink",
                 "summary": "Start linking a provider account to the caller",
-                "description": "The returned URL is single use and as sensitive as a "
-                "password-reset link.",
+                "description": "Returns tokend's `/auth/oidc/{provider}/link/start` URL with "
+                "a one-time ticket (60 s): open it in the caller's own browser by a "
+                "top-level navigation. The flow is then bound to that browser, and its "
+                "link_code to this session (`POST /auth/oidc/link/confirm`). Counts "
+                "against TOKEND_OIDC_STARTS_PER_IP (429).",
                 "security": BEARER,
                 "parameters": [provider],
                 "requestBody": {
@@ -1045,9 +1107,9 @@ def _paths(settings: Settings) -> dict[str, Any]:
                     *BODY,
                     *PROTECTED,
                     "404",
-                    "502",
+                    s429=_too_many_starts(),
                     s200={
-                        "description": "The provider URL to send the caller's browser to",
+                        "description": "The tokend URL to send the caller's browser to",
                         "content": json_content(
                             {
                                 "type": "object",
@@ -1057,6 +1119,75 @@ def _paths(settings: Settings) -> dict[str, Any]:
                             }
                         ),
                     },
+                ),
+            }
+        },
+        "/auth/oidc/{provider}/link/start": {
+            "get": {
+                "tags": ["oidc"],
+                "operationId": "oidcLinkStart",
+                "summary": "Take up a link ticket in the browser: redirect to the provider",
+                "description": "A top-level navigation only (a request whose Sec-Fetch-Dest "
+                "is not `document` is refused). Consumes the ticket, sets the "
+                "browser-binding cookie `tokend_oidc_browser`; the callback must come back "
+                "to this browser.",
+                "parameters": [
+                    provider,
+                    {
+                        "name": "ticket",
+                        "in": "query",
+                        "required": True,
+                        "description": "from `POST /auth/oidc/{provider}/link` (single use)",
+                        "schema": {"type": "string", "maxLength": 128},
+                    },
+                ],
+                "responses": responses(
+                    "404",
+                    "502",
+                    *STORE,
+                    s302=_redirect("To the provider's authorization endpoint"),
+                    s400=error_response(
+                        "An unknown, expired or used ticket, one of another provider, a "
+                        "session that has ended, or not a top-level navigation"
+                    ),
+                ),
+            }
+        },
+        "/auth/oidc/link/confirm": {
+            "post": {
+                "tags": ["oidc"],
+                "operationId": "oidcLinkConfirm",
+                "summary": "Link the provider account of a link_code to the caller",
+                "description": "Only the session (same user, same sid) that started the "
+                "link may confirm it; any other caller gets 400 `invalid_grant` and burns "
+                "the code.",
+                "security": BEARER,
+                "requestBody": {
+                    "required": True,
+                    "content": json_content(
+                        {
+                            "type": "object",
+                            "required": ["link_code"],
+                            "additionalProperties": True,
+                            "properties": {
+                                "link_code": {"type": "string", "minLength": 1, "maxLength": 128}
+                            },
+                        },
+                        {"link_code": "Jq3mW5aW0v3vN4o1tH8nq0H4k2cR7yX9bQe6sPzL1dA"},
+                    ),
+                },
+                "responses": responses(
+                    *BODY,
+                    *PROTECTED,
+                    "409",
+                    s200={
+                        "description": "The identity that was linked",
+                        "content": json_content(ref("schemas", "Linked")),
+                    },
+                    s400=error_response(
+                        "Malformed, or an unknown, expired, used or foreign link_code "
+                        "(`invalid_grant`)"
+                    ),
                 ),
             }
         },
