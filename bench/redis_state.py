@@ -51,7 +51,8 @@ async def create_sessions(
     for i in range(0, n, CHUNK):
         chunk = [(new_id(), str(uuid.uuid4()), new_id()) for _ in range(min(CHUNK, n - i))]
         await asyncio.gather(*(
-            store.create(sid=sid, uid=uid, jti=jti, now=now, user_agent=user_agent, ip=ip)
+            store.create(sid=sid, uid=uid, jti=jti, now=now, checked_at=now,
+                         user_agent=user_agent, ip=ip)
             for sid, uid, jti in chunk))
         made.extend(chunk)
     return made
@@ -161,7 +162,7 @@ async def _memory(n: int) -> Section:
                 store = SessionStore.from_settings(redis, settings)
                 for i in range(0, n, 1000):
                     await asyncio.gather(*(
-                        store.rotate(sid=sid, jti=jti, new_jti=new_id(), now=now + 1,
+                        store.rotate(sid=sid, uid=_uid, jti=jti, new_jti=new_id(), now=now + 1,
                                      user_agent=ua, ip="203.0.113.7")
                         for sid, _uid, jti in made[i : i + 1000]))
                 rotated = await _used_memory(redis) - base

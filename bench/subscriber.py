@@ -298,7 +298,8 @@ async def _add_revocations(prefix: str, n: int) -> None:
     sids = [new_id() for _ in range(n)]
     for i in range(0, n, 1000):
         chunk = sids[i : i + 1000]
-        await asyncio.gather(*(store.create(sid=sid, uid=f"u{sid}", jti=new_id(), now=now)
+        await asyncio.gather(*(store.create(sid=sid, uid=f"u{sid}", jti=new_id(), now=now,
+                                            checked_at=now)
                                for sid in chunk))
         await asyncio.gather(*(store.revoke(sid=sid, now=now, reason="logout", force=True)
                                for sid in chunk))

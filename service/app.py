@@ -30,7 +30,7 @@ from .http.request import MAX_BODY
 from .keys import KeyRing, SqlKeyStore, ensure_signing_key
 from .metrics import Metrics
 from .passwords import PasswordHasher
-from .ratelimit import LoginLimiter
+from .ratelimit import AuthLimits
 from .redisconn import make_redis
 from .sessions import SessionStore
 from .settings import Settings
@@ -203,13 +203,8 @@ def setup_auth(app: web.Application, settings: Settings, kek: bytes) -> None:
         app[AUTH] = Authenticator(
             users=SqlUserStore(async_sessionmaker(app[ENGINE], expire_on_commit=False)),
             hasher=hasher,
-            limiter=LoginLimiter(
-                redis,
-                prefix=settings.redis_prefix,
-                per_user=settings.login_failures_per_user,
-                per_ip=settings.login_failures_per_ip,
-                window=settings.login_failure_window,
-            ),
+            limits=AuthLimits.from_settings(redis, settings),
+            registration_open=settings.registration_open,
             sessions=SessionStore.from_settings(redis, settings, app[FENCE]),
             tokens=TokenService(
                 app[KEYRING],

@@ -7,11 +7,14 @@ together; knows nothing of HTTP.
 from __future__ import annotations
 
 import contextlib
+import logging
 from dataclasses import dataclass
 from typing import Any
 
 from .clock import Clock
 from .errors import (
+    Conflict,
+    Forbidden,
     InvalidCredentials,
     InvalidToken,
     NotFound,
@@ -23,10 +26,12 @@ from .errors import (
 )
 from .metrics import Metrics
 from .passwords import PasswordHasher, check_password_rules
-from .ratelimit import LoginLimiter
+from .ratelimit import AuthLimits
 from .sessions import SessionStore
 from .tokens import TokenService, new_id
 from .users import User, UserStore, normalize_username
+
+audit = logging.getLogger("tokend.audit")
 
 
 @dataclass(frozen=True)
@@ -82,24 +87,37 @@ class Authenticator:
         *,
         users: UserStore,
         hasher: PasswordHasher,
-        limiter: LoginLimiter,
+        limits: AuthLimits,
         sessions: SessionStore,
         tokens: TokenService,
         clock: Clock,
         metrics: Metrics,
+        registration_open: bool = True,
     ) -> None:
         self.users = users
         self.hasher = hasher
-        self.limiter = limiter
+        self.limits = limits
+        self.limiter = limits.logins
+        self.registration_open = registration_open
         self.sessions = sessions
         self.tokens = tokens
         self.clock = clock
         self.metrics = metrics
 
-    async def register(self, username: object, password: object) -> User:
-        """Create a user after checking the username and password rules."""
+    async def register(self, username: object, password: object, ip: str = "") -> User:
+        """Create a user after checking the username and password rules.
+
+        Closed registration refuses (403); every attempt counts against the IP's limit
+        (a refused name too: names cannot be enumerated without limit); a taken name is
+        refused before the password is hashed, so a duplicate costs no argon2 run.
+        """
+        if not self.registration_open:
+            raise Forbidden("registration is closed")
+        await self.limits.registrations.take(ip)
         name = normalize_username(username)
         secret = check_password_rules(password, name)
+        if await self.users.by_username(name) is not None:
+            raise Conflict("username already taken")
         return await self.users.create(name, await self.hasher.hash(secret), self.clock())
 
     async def check_credentials(self, username: object, password: object, ip: str) -> User:
@@ -129,6 +147,7 @@ class Authenticator:
             await self.limiter.failed(limit_name, ip)
             raise InvalidCredentials()
         await self.limiter.succeeded(limit_name, ip)
+        await self.limits.sessions.take(user.id)  # successful logins per user
         return user
 
     async def login(
@@ -136,18 +155,31 @@ class Authenticator:
     ) -> TokenPair:
         """Check credentials, record a new session and issue its first token pair."""
         try:
+            # Before the user row is read: a disable, delete, password change or
+            # logout-all that lands while argon2 runs refuses the session (create.lua).
+            checked_at = await self.sessions.server_time()
             user = await self.check_credentials(username, password, client.ip)
+            pair = await self.start_session(user, client, scope, checked_at=checked_at)
         except TokendError as exc:
             self.metrics.logins.labels(_outcome(exc)).inc()
             raise
         self.metrics.logins.labels("ok").inc()
-        return await self.start_session(user, client, scope)
+        return pair
 
-    async def start_session(self, user: User, client: ClientInfo, scope: str = "") -> TokenPair:
-        """Record a session for an authenticated user and issue its first pair."""
+    async def start_session(
+        self, user: User, client: ClientInfo, scope: str = "", *, checked_at: float | None = None
+    ) -> TokenPair:
+        """Record a session for an authenticated user and issue its first pair.
+
+        ``checked_at`` is ``sessions.server_time()`` taken before the user's credentials
+        (or user row) were read; when the user was revoked since, the login is refused
+        with the generic 401 and no session exists. None: now.
+        """
+        if checked_at is None:
+            checked_at = await self.sessions.server_time()
         now = self.clock()
         sid, jti = new_id(), new_id()
-        iat, exp = await self.sessions.create(
+        created = await self.sessions.create(
             sid=sid,
             uid=user.id,
             jti=jti,
@@ -156,8 +188,16 @@ class Authenticator:
             scope=scope,
             user_agent=client.user_agent,
             ip=client.ip,
+            checked_at=checked_at,
         )
-        return self._pair(user.id, sid, jti, iat, exp, now, client.client_id, scope)
+        if created.refused:
+            raise InvalidCredentials()
+        for _ in created.evicted:
+            self.metrics.events.labels("session.revoked").inc()
+            self.metrics.revocations.labels("session_limit").inc()
+        return self._pair(
+            user.id, sid, jti, created.iat, created.exp, now, client.client_id, scope, checked_at
+        )
 
     def _pair(
         self,
@@ -169,9 +209,15 @@ class Authenticator:
         now: float,
         client_id: str,
         scope: str,
+        auth_time: float,
     ) -> TokenPair:
         access = self.tokens.issue_access(
-            sub=sub, sid=sid, now=now, client_id=client_id or None, scope=scope or None
+            sub=sub,
+            sid=sid,
+            now=now,
+            client_id=client_id or None,
+            scope=scope or None,
+            auth_time=auth_time,
         )
         refresh = self.tokens.issue_refresh(
             sub=sub, sid=sid, jti=jti, iat=iat, exp=exp, now=now, client_id=client_id or None
@@ -205,6 +251,7 @@ class Authenticator:
             raise InvalidToken("refresh token was issued to another client")
         rotation = await self.sessions.rotate(
             sid=claims["sid"],
+            uid=claims["sub"],
             jti=claims["jti"],
             new_jti=new_id(),
             now=now,
@@ -213,8 +260,26 @@ class Authenticator:
         )
         if rotation.status == "reuse":
             self.metrics.events.labels("session.revoked").inc()
+            kind = rotation.reuse_kind
+            audit.warning(
+                "refresh token reuse (%s): session %s of user %s revoked; "
+                "this use from ip=%r ua=%r, the session's last use from ip=%r ua=%r",
+                kind,
+                claims["sid"],
+                rotation.uid,
+                client.ip,
+                client.user_agent,
+                rotation.other_ip,
+                rotation.other_ua,
+            )
+            what = (
+                "used again while it was being rotated (concurrent)"
+                if kind == "concurrent"
+                else "replayed after rotation"
+            )
             raise _with_outcome(
-                TokenRevoked("refresh token reuse detected; the session is revoked"), "reuse"
+                TokenRevoked(f"refresh token reuse detected ({what}); the session is revoked"),
+                f"reuse_{kind}",
             )
         if rotation.status == "expired":
             raise _with_outcome(TokenExpired("refresh token expired, log in again"), "expired")
@@ -222,14 +287,15 @@ class Authenticator:
             raise _with_outcome(
                 TokenRevoked("session ended when Redis lost its data, log in again"), "fenced"
             )
-        if rotation.status == "unknown":
+        if rotation.status in ("unknown", "revoked"):
             raise _with_outcome(
                 TokenRevoked("refresh token revoked or session ended, log in again"), "unknown"
             )
-        if rotation.uid != claims["sub"]:
+        if rotation.status == "mismatch":
             raise InvalidToken("refresh token does not match its session")
         # No user lookup here: the session in Redis is authoritative, and disabling a
-        # user revokes every session of theirs (disable_user), so refresh stays SQL-free.
+        # user sets their revocation mark (disable_user), which rotate.lua checks, so
+        # refresh stays SQL-free.
         pair = self._pair(
             rotation.uid,
             claims["sid"],
@@ -239,6 +305,7 @@ class Authenticator:
             now,
             rotation.client_id,
             rotation.scope,
+            rotation.auth,
         )
         return pair, rotation.status
 
@@ -246,8 +313,13 @@ class Authenticator:
         """The caller behind an access token: verified, not revoked, user still active."""
         now = self.clock()
         claims = self.tokens.verify_access(access_token, now)
+        auth_time = claims.get("auth_time")
         if await self.sessions.is_denied(
-            sid=claims["sid"], uid=claims["sub"], jti=claims["jti"], iat=claims["iat"]
+            sid=claims["sid"],
+            uid=claims["sub"],
+            jti=claims["jti"],
+            iat=claims["iat"],
+            auth_time=float(auth_time) if isinstance(auth_time, int | float) else None,
         ):
             raise TokenRevoked("token revoked")
         user = await self.users.by_id(claims["sub"])
@@ -278,13 +350,23 @@ class Authenticator:
         self.metrics.events.labels("user.revoked").inc()
         return await disable_user(self.users, self.sessions, username, self.clock())
 
-    async def change_password(self, principal: Principal, current: object, new: object) -> int:
-        """Change the caller's password and end every other session of theirs."""
+    async def change_password(
+        self, principal: Principal, current: object, new: object, ip: str = ""
+    ) -> int:
+        """Change the caller's password and end every other session of theirs.
+
+        Wrong current passwords count per user and per IP like failed logins (a stolen
+        access token must not guess the password at full speed): 429 past the limits.
+        """
         if not isinstance(current, str):
             raise ValidationFailed("current_password must be a string")
         secret = check_password_rules(new, principal.user.username)
+        limiter = self.limits.passwords
+        await limiter.check(principal.user.id, ip)
         if not await self.hasher.verify(principal.user.password_hash, current):
+            await limiter.failed(principal.user.id, ip)
             raise InvalidCredentials("current password is wrong")
+        await limiter.succeeded(principal.user.id, ip)
         now = self.clock()
         await self.users.set_password(principal.user.id, await self.hasher.hash(secret), now)
         return await self.sessions.revoke_user(

@@ -1,13 +1,16 @@
-"""Failed-login limits per username and per client IP, counted in Redis."""
+"""Limits counted in Redis: failed logins and failed password changes per user and per
+client IP, successful logins per user, registrations per IP."""
 
 from __future__ import annotations
 
 import hashlib
+from dataclasses import dataclass
 
 import redis.asyncio as aioredis
 
 from .errors import RateLimited
 from .redisconn import redis_errors
+from .settings import Settings
 
 # Check and count in one atomic step: counting only after the (slow) password verify
 # let any number of concurrent guesses pass the check before the first one was counted.
@@ -51,10 +54,18 @@ class LoginLimiter:
     """
 
     def __init__(
-        self, redis: aioredis.Redis, *, prefix: str, per_user: int, per_ip: int, window: int
+        self,
+        redis: aioredis.Redis,
+        *,
+        prefix: str,
+        per_user: int,
+        per_ip: int,
+        window: int,
+        name: str = "lf",
     ) -> None:
         self.redis = redis
         self.prefix = prefix
+        self.name = name
         self.per_user = per_user
         self.per_ip = per_ip
         self.window = window
@@ -64,7 +75,7 @@ class LoginLimiter:
     def _keys(self, username: str, ip: str) -> tuple[str, str]:
         # Hash the username: arbitrary user input never becomes a raw key name.
         digest = hashlib.sha256(username.encode()).hexdigest()[:32]
-        return f"{self.prefix}:lf:u:{digest}", f"{self.prefix}:lf:ip:{ip}"
+        return f"{self.prefix}:{self.name}:u:{digest}", f"{self.prefix}:{self.name}:ip:{ip}"
 
     async def check(self, username: str, ip: str) -> None:
         """Count an attempt against both limits, or raise RateLimited when either is reached."""
@@ -93,3 +104,72 @@ class LoginLimiter:
         """Give back an attempt that was neither a success nor a failure (an outage)."""
         with redis_errors():
             await self._release(keys=list(self._keys(username, ip)))
+
+
+class CountLimit:
+    """A fixed-window count of events per key (successful logins per user, registrations
+    per IP): over ``limit`` in ``window`` seconds → RateLimited."""
+
+    def __init__(
+        self, redis: aioredis.Redis, *, prefix: str, name: str, limit: int, window: int
+    ) -> None:
+        self.redis = redis
+        self.prefix = prefix
+        self.name = name
+        self.limit = limit
+        self.window = window
+        self._reserve = redis.register_script(_RESERVE)
+
+    async def take(self, key: str) -> None:
+        """Count one event for ``key``, or raise RateLimited when the window is full."""
+        digest = hashlib.sha256(key.encode()).hexdigest()[:32]
+        with redis_errors():
+            wait = int(
+                await self._reserve(
+                    keys=[f"{self.prefix}:{self.name}:{digest}"],
+                    args=[self.limit, 0, self.window],
+                )
+            )
+        if wait:
+            raise RateLimited(wait)
+
+
+@dataclass(frozen=True)
+class AuthLimits:
+    """Every limit of the authentication use cases."""
+
+    logins: LoginLimiter  # failed logins per username and per IP
+    passwords: LoginLimiter  # wrong current passwords at a password change, per user and IP
+    sessions: CountLimit  # successful logins per user
+    registrations: CountLimit  # registration attempts per IP
+
+    @classmethod
+    def from_settings(cls, redis: aioredis.Redis, settings: Settings) -> AuthLimits:
+        window, prefix = settings.login_failure_window, settings.redis_prefix
+        return cls(
+            logins=LoginLimiter(
+                redis,
+                prefix=prefix,
+                per_user=settings.login_failures_per_user,
+                per_ip=settings.login_failures_per_ip,
+                window=window,
+            ),
+            passwords=LoginLimiter(
+                redis,
+                prefix=prefix,
+                per_user=settings.login_failures_per_user,
+                per_ip=settings.login_failures_per_ip,
+                window=window,
+                name="pf",
+            ),
+            sessions=CountLimit(
+                redis, prefix=prefix, name="ls", limit=settings.logins_per_user, window=window
+            ),
+            registrations=CountLimit(
+                redis,
+                prefix=prefix,
+                name="reg",
+                limit=settings.registrations_per_ip,
+                window=window,
+            ),
+        )

@@ -63,6 +63,12 @@ class Settings:
     login_failures_per_user: int = 10
     login_failures_per_ip: int = 100
     login_failure_window: int = 900
+    # Successful logins per user per window, and sessions a user may hold at once (past
+    # it, a login ends the least recently used one; 0: no cap).
+    logins_per_user: int = 60
+    max_sessions_per_user: int = 100
+    registrations_per_ip: int = 20
+    registration_open: bool = True
     key_encryption_key: str | None = None
     argon2_time_cost: int = 2
     argon2_memory_kib: int = 19_456
@@ -120,6 +126,14 @@ class Settings:
             login_failure_window=r.get(
                 "TOKEND_LOGIN_FAILURE_WINDOW", cls.login_failure_window, _positive
             ),
+            logins_per_user=r.get("TOKEND_LOGINS_PER_USER", cls.logins_per_user, _positive),
+            max_sessions_per_user=r.get(
+                "TOKEND_MAX_SESSIONS_PER_USER", cls.max_sessions_per_user, _non_negative
+            ),
+            registrations_per_ip=r.get(
+                "TOKEND_REGISTRATIONS_PER_IP", cls.registrations_per_ip, _positive
+            ),
+            registration_open=r.get("TOKEND_REGISTRATION", True, _registration),
             key_encryption_key=r.get("TOKEND_KEY_ENCRYPTION_KEY", None, _kek),
             argon2_time_cost=r.get("TOKEND_ARGON2_TIME_COST", cls.argon2_time_cost, _positive),
             argon2_memory_kib=r.get(
@@ -197,6 +211,14 @@ def _positive_float(raw: str) -> float:
     if not value > 0:
         raise ValueError(f"must be positive, got {raw!r}")
     return value
+
+
+def _registration(raw: str) -> bool:
+    """TOKEND_REGISTRATION: open (anyone may register) or closed (only ``tokend users
+    add`` creates users)."""
+    if raw.lower() not in ("open", "closed"):
+        raise ValueError(f"expected open or closed, got {raw!r}")
+    return raw.lower() == "open"
 
 
 def _port(raw: str) -> int:

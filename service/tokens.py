@@ -91,8 +91,11 @@ class TokenService:
         now: float,
         client_id: str | None = None,
         scope: str | None = None,
+        auth_time: float | None = None,
     ) -> IssuedToken:
-        """A new access token for the session."""
+        """A new access token for the session. ``auth_time`` (OpenID Connect's claim, here
+        to the millisecond on Redis's clock) is when the session's credentials were
+        checked: a user revocation denies the tokens of sessions authenticated up to it."""
         iat = int(now)
         claims: dict[str, Any] = {
             "iss": self.issuer,
@@ -107,6 +110,8 @@ class TokenService:
             claims["client_id"] = client_id
         if scope:
             claims["scope"] = scope
+        if auth_time:
+            claims["auth_time"] = auth_time
         key = self.ring.signing_key(now)
         token = jwt.encode(
             claims, key.private, algorithm=key.alg, headers={"typ": ACCESS_TYP, "kid": key.kid}

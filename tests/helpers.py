@@ -34,6 +34,17 @@ async def register(
     return body
 
 
+async def add_user(
+    client: TestClient[Any, Any], username: str, password: str = PASSWORD
+) -> None:
+    """A user written straight to the user store, as ``tokend users add`` does: for tests
+    where Redis (which counts registrations) is away."""
+    from service.http.appkeys import AUTH, CLOCK
+
+    auth = client.app[AUTH]
+    await auth.users.create(username, await auth.hasher.hash(password), client.app[CLOCK]())
+
+
 async def login(
     client: TestClient[Any, Any], username: str, password: str = PASSWORD
 ) -> dict[str, Any]:

@@ -7,7 +7,7 @@ from typing import Any
 
 from service.devredis import free_port
 from service.http.appkeys import REDIS
-from tests.helpers import PASSWORD, bearer, register, register_and_login
+from tests.helpers import PASSWORD, add_user, bearer, register, register_and_login
 
 
 async def assert_503(resp: Any) -> None:
@@ -34,7 +34,7 @@ async def test_login_refresh_logout_without_redis_are_503(make_client, private_r
 
 async def test_redis_never_reached_is_503(make_client) -> None:
     client = await make_client(TOKEND_REDIS_URL=f"redis://127.0.0.1:{free_port()}/0")
-    await register(client, "alice")  # the user store is SQL: registration still works
+    await add_user(client, "alice")  # users live in SQL (registration counts in Redis)
     await assert_503(
         await client.post("/auth/login", json={"username": "alice", "password": PASSWORD})
     )

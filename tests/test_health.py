@@ -10,7 +10,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from service.devredis import free_port
 from service.migrate import upgrade_async
 from tests.conftest import drop_postgres_database, make_postgres_database
-from tests.helpers import PASSWORD, register, register_and_login
+from tests.helpers import PASSWORD, add_user, register_and_login
 
 
 async def _assert_503(resp: Any) -> dict[str, Any]:
@@ -75,7 +75,7 @@ async def test_readyz_503_when_the_database_is_gone(make_client: Any) -> None:
 
 async def test_login_without_redis_is_503_without_a_token(make_client: Any) -> None:
     client = await make_client(TOKEND_REDIS_URL=f"redis://127.0.0.1:{free_port()}/0")
-    await register(client, "alice")  # users live in SQL: registration still works
+    await add_user(client, "alice")  # users live in SQL (registration counts in Redis)
     resp = await client.post("/auth/login", json={"username": "alice", "password": PASSWORD})
     body = await _assert_503(resp)
     assert "access_token" not in body and "refresh_token" not in body

@@ -13,7 +13,14 @@ import pytest
 
 from service.devredis import free_port
 from service.http.appkeys import REDIS
-from tests.helpers import PASSWORD, bearer, register, register_and_login, unverified
+from tests.helpers import (
+    PASSWORD,
+    add_user,
+    bearer,
+    register,
+    register_and_login,
+    unverified,
+)
 
 FORM = "application/x-www-form-urlencoded"
 CLIENTS = json.dumps(
@@ -356,7 +363,7 @@ async def test_redis_faults_pass_through_as_503(make_client) -> None:
     client = await make_client(
         TOKEND_OAUTH_CLIENTS=CLIENTS, TOKEND_REDIS_URL=f"redis://127.0.0.1:{free_port()}/0"
     )
-    await register(client, "alice")
+    await add_user(client, "alice")  # registration counts in Redis
     data = {"grant_type": "password", "username": "alice", "password": PASSWORD}
     resp = await client.post("/oauth/token", data=data, headers=basic("web"))
     await error_of(resp, 503, "temporarily_unavailable")

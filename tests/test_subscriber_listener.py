@@ -87,9 +87,10 @@ async def test_session_delete_is_denied(make_client, make_listener) -> None:
 async def test_logout_all_denies_tokens_issued_up_to_its_second(
     make_client, make_listener, clock
 ) -> None:
-    """iat <= at is denied, and iat has whole seconds. The server also knows which
-    sessions began after the revocation, so it lets a later login's token of the same
-    second through; the listener, which sees only the event, refuses it."""
+    """Tokens of sessions authenticated up to the revocation are denied, by auth_time
+    (milliseconds, on tokend's Redis clock like the event's `at`), not by iat (whole
+    seconds, the issuing process's clock): a login in the revocation's own second gets
+    tokens that both tokend and the listener accept."""
     clock.now = float(int(clock.now))  # logins and the revocation share one whole second
     tokend = await make_client(clock=clock)
     listener = await ready(await make_listener(clock=clock))
@@ -99,13 +100,13 @@ async def test_logout_all_denies_tokens_issued_up_to_its_second(
     assert resp.status == 204
     await eventually(lambda: listener.applied["user.revoked"] == 1)
     clock.advance(0.5)
-    same_second = await login(tokend, "alice")  # iat == int(at): counts as before
+    same_second = await login(tokend, "alice")  # iat == int(at), auth_time > at
     clock.advance(1)
     next_second = await login(tokend, "alice")
     for tokens, denied, at_server in (
         (first, True, 401),
         (second, True, 401),
-        (same_second, True, 200),  # a new session: tokend knows it began after
+        (same_second, False, 200),  # a new session: authenticated after the mark
         (next_second, False, 200),
     ):
         assert listener.is_revoked(claims_of(tokens)) is denied

@@ -56,11 +56,13 @@ async def test_expiry_sweeps_only_due_sessions_once(make_settings, redis_client)
     try:
         old = [new_id() for _ in range(30)]
         for sid in old:
-            await store.create(sid=sid, uid="u-old", jti=new_id(), now=clock())
+            await store.create(sid=sid, uid="u-old", jti=new_id(), now=clock(), checked_at=clock())
         clock.advance(50)
         young = [new_id() for _ in range(10)]
         for sid in young:
-            await store.create(sid=sid, uid="u-young", jti=new_id(), now=clock())
+            await store.create(
+                sid=sid, uid="u-young", jti=new_id(), now=clock(), checked_at=clock()
+            )
         revoked = old[0]
         await store.revoke(sid=revoked, now=clock(), reason="logout")
         worker = ExpiryWorker(sessions=store, clock=clock, batch=7)
@@ -93,11 +95,11 @@ async def test_refreshed_session_is_not_expired(make_settings, redis_client) -> 
     store = SessionStore.from_settings(redis, settings)
     try:
         sid, jti = new_id(), new_id()
-        await store.create(sid=sid, uid="u", jti=jti, now=clock())
+        await store.create(sid=sid, uid="u", jti=jti, now=clock(), checked_at=clock())
         clock.advance(90)
-        assert (await store.rotate(sid=sid, jti=jti, new_jti=new_id(), now=clock())).status == (
-            "rotated"
-        )
+        assert (
+            await store.rotate(sid=sid, uid="u", jti=jti, new_jti=new_id(), now=clock())
+        ).status == ("rotated")
         clock.advance(20)  # past the first idle deadline, within the moved one
         assert await ExpiryWorker(sessions=store, clock=clock).step() == 0
         assert await store.get(sid) is not None
@@ -114,9 +116,9 @@ async def test_absolute_deadline_expiry_reason(make_settings, redis_client) -> N
     store = SessionStore.from_settings(redis, settings)
     try:
         sid, jti = new_id(), new_id()
-        await store.create(sid=sid, uid="u", jti=jti, now=clock())
+        await store.create(sid=sid, uid="u", jti=jti, now=clock(), checked_at=clock())
         clock.advance(90)
-        await store.rotate(sid=sid, jti=jti, new_jti=new_id(), now=clock())
+        await store.rotate(sid=sid, uid="u", jti=jti, new_jti=new_id(), now=clock())
         clock.advance(61)
         assert await ExpiryWorker(sessions=store, clock=clock).step() == 1
         events = await stream_events(redis_client, settings.redis_prefix)
@@ -149,7 +151,9 @@ async def test_two_worker_processes_sweep_10000_sessions_exactly_once(
         for i in range(0, len(sids), 500):
             await asyncio.gather(
                 *(
-                    store.create(sid=sid, uid=f"user-{j % 100}", jti=new_id(), now=past)
+                    store.create(
+                        sid=sid, uid=f"user-{j % 100}", jti=new_id(), now=past, checked_at=past
+                    )
                     for j, sid in enumerate(sids[i : i + 500], start=i)
                 )
             )
@@ -360,7 +364,9 @@ async def test_worker_process_exports_metrics(make_settings, redis_client) -> No
     store = SessionStore.from_settings(redis, settings)
     try:
         for _ in range(5):
-            await store.create(sid=new_id(), uid="u", jti=new_id(), now=time.time() - 3600)
+            await store.create(
+                sid=new_id(), uid="u", jti=new_id(), now=time.time() - 3600, checked_at=0.0
+            )
     finally:
         await redis.aclose()
     port = free_port()

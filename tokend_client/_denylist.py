@@ -15,15 +15,15 @@ __all__ = ["DenyList"]
 
 
 class DenyList:
-    """Revoked ``sid``s and ``jti``s, and ``sub``s with the time before which their
-    tokens are revoked."""
+    """Revoked ``sid``s and ``jti``s, and ``sub``s with the time up to which their
+    sessions are revoked (and the one session kept, after a password change)."""
 
     def __init__(self, clock: Callable[[], float], margin: float = 0.0) -> None:
         self._clock = clock
         self.margin = margin
         self.sids: dict[str, float] = {}  # sid → until
         self.jtis: dict[str, float] = {}  # jti → until
-        self.subs: dict[str, tuple[float, float]] = {}  # sub → (at, until)
+        self.subs: dict[str, tuple[float, float, str]] = {}  # sub → (at, until, kept sid)
         #: (at, until) of the last ``all.revoked``: tokend fenced a Redis that lost data.
         self.everything: tuple[float, float] | None = None
 
@@ -40,8 +40,16 @@ class DenyList:
         elif kind == "token.revoked" and isinstance(jti, str):
             self.jtis[jti] = max(until, self.jtis.get(jti, until))
         elif kind == "user.revoked" and isinstance(sub, str):
-            old_at, old_until = self.subs.get(sub, (at, until))
-            self.subs[sub] = (max(at, old_at), max(until, old_until))
+            # sid, when given, is the session that survives (it changed the password).
+            keep = sid if isinstance(sid, str) else ""
+            old_at, old_until, old_keep = self.subs.get(sub, (at, until, keep))
+            # The later revocation decides which session is kept: it denies all the
+            # earlier one did but, at most, a session that was still live at its time.
+            self.subs[sub] = (
+                max(at, old_at),
+                max(until, old_until),
+                keep if at >= old_at else old_keep,
+            )
         elif kind == "all.revoked":
             old_at, old_until = self.everything or (at, until)
             self.everything = (max(at, old_at), max(until, old_until))
@@ -63,14 +71,21 @@ class DenyList:
         if isinstance(jti, str) and self._live(self.jtis, jti, now):
             return True
         if isinstance(sub, str) and sub in self.subs:
-            at, until = self.subs[sub]
+            at, until, keep = self.subs[sub]
             if until + self.margin < now:
                 del self.subs[sub]
                 return False
-            # iat has whole seconds: a token from the revocation's own second counts as
-            # issued before it (tokend, which knows when each session began, lets a
-            # later login's token of that second through; the event cannot say).
-            return isinstance(iat, int | float) and iat <= at
+            if keep and sid == keep:
+                return False
+            # auth_time (when the session's credentials were checked) and `at` are both
+            # on tokend's Redis clock: every token of a session authenticated up to the
+            # revocation is denied, whichever API process issued it and whatever its
+            # clock. A token without auth_time falls back to iat, whole seconds: one of
+            # the revocation's own second counts as issued before it.
+            auth_time = claims.get("auth_time")
+            if isinstance(auth_time, int | float) and not isinstance(auth_time, bool):
+                return auth_time <= at
+            return isinstance(iat, int | float) and not isinstance(iat, bool) and iat <= at
         return False
 
     def _live(self, table: dict[str, float], key: str, now: float) -> bool:
@@ -91,7 +106,7 @@ class DenyList:
             for key in gone:
                 del table[key]
             dropped += len(gone)
-        gone = [key for key, (_, until) in self.subs.items() if until < cutoff]
+        gone = [key for key, (_, until, _) in self.subs.items() if until < cutoff]
         for key in gone:
             del self.subs[key]
         if self.everything is not None and self.everything[1] < cutoff:

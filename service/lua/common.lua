@@ -26,7 +26,8 @@ local function expire_at(key, deadline)
 end
 
 -- Revoke one session: drop its state, deny its access tokens until `untl`, publish.
-local function revoke_session(prefix, sid, uid, reason, now, untl, retention)
+-- `detail` (optional) says more about the reason (refresh_token_reuse: concurrent|replay).
+local function revoke_session(prefix, sid, uid, reason, now, untl, retention, detail)
   local tag = '{' .. sid .. '}'
   redis.call('DEL', prefix .. ':s:' .. tag)
   redis.call('SET', prefix .. ':ds:' .. tag, '1', 'EXAT', math.ceil(tonumber(untl)))
@@ -34,7 +35,7 @@ local function revoke_session(prefix, sid, uid, reason, now, untl, retention)
   redis.call('ZREM', expiry_key(prefix, sid), sid .. ':' .. uid)
   return emit(prefix .. ':events', prefix .. ':revocations', retention, {
     type = 'session.revoked', sub = uid, sid = sid, jti = cjson.null, reason = reason,
-    at = tonumber(now), ['until'] = tonumber(untl),
+    at = tonumber(now), ['until'] = tonumber(untl), detail = detail,
   })
 end
 
@@ -57,4 +58,31 @@ end
 local function bump(prefix)
   local gen = redis.call('INCR', prefix .. ':gen')
   return gen, tonumber(redis.call('GET', prefix .. ':epoch') or '0')
+end
+
+-- Redis's own clock in seconds, to the millisecond (so it survives cjson's 14 digits).
+-- Times that are compared with one another (a user's revocation mark, a session's
+-- authentication time) all come from here: one clock, whichever API process asked.
+local function clock_ms()
+  local t = redis.call('TIME')
+  return (tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)) / 1000
+end
+
+local function fmt_time(t)
+  return string.format('%.3f', t)
+end
+
+-- A user's revocation mark (P:du:<uid>): "<at>" or "<at> <kept sid>". Every session
+-- authenticated at or before `at` is revoked, except the kept one (the session that
+-- changed the password). Returns at (number or nil) and the kept sid ('' when none).
+local function user_mark(key)
+  local v = redis.call('GET', key)
+  if not v then return nil, '' end
+  local at, keep = string.match(v, '^(%S+) ?(%S*)$')
+  return tonumber(at), keep or ''
+end
+
+-- Whether a session (its sid and authentication time) falls under a user's mark.
+local function revoked_by_mark(mark_at, keep, sid, auth)
+  return mark_at ~= nil and sid ~= keep and tonumber(auth) <= mark_at
 end

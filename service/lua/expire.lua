@@ -9,8 +9,13 @@ local n = 0
 for _, member in ipairs(due) do
   local sid, uid = string.match(member, '^([^:]+):(.+)$')
   local skey = prefix .. ':s:{' .. sid .. '}'
-  local f = redis.call('HMGET', skey, 'idle', 'abs')
-  if f[1] and tonumber(f[1]) > now and tonumber(f[2]) > now then
+  local f = redis.call('HMGET', skey, 'idle', 'abs', 'auth', 'created')
+  local mark_at, keep = user_mark(prefix .. ':du:' .. uid)
+  if f[1] and revoked_by_mark(mark_at, keep, sid, f[3] or f[4]) then
+    -- already ended by its user's revocation (user.revoked): drop it without an event
+    redis.call('DEL', skey)
+    redis.call('ZREM', KEYS[1], member)
+  elseif f[1] and tonumber(f[1]) > now and tonumber(f[2]) > now then
     -- refreshed since it was indexed: put it back at its real deadline
     redis.call('ZADD', KEYS[1], math.min(tonumber(f[1]), tonumber(f[2])), member)
   else
