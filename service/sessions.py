@@ -2,7 +2,7 @@
 
 Keys (``P`` is the prefix; one session's keys share the ``{sid}`` hash slot):
 
-    P:s:{sid}    hash: uid, cid, scope, created, last, idle, abs, cur, prev, ua, ip, ep,
+    P:s:{sid}    hash: uid, cid, scope, created, last, plast, idle, abs, cur, prev, ua, ip, ep,
                  auth (TTL follows the idle deadline). ``auth`` is when the credentials
                  were checked, on Redis's clock (``server_time``). The current refresh
                  token was issued at ``last`` and expires at ``idle``; ``prev`` is
@@ -203,11 +203,11 @@ class SessionStore:
         return f"{self.prefix}:revocations"
 
     async def server_time(self) -> float:
-        """Redis's clock, to the millisecond: the one clock that session authentication
+        """Redis's clock, to the microsecond: the one clock that session authentication
         times and user revocation marks are compared on, whichever process asks."""
         with redis_errors():
             seconds, micros = await self.redis.time()
-        return (int(seconds) * 1000 + int(micros) // 1000) / 1000
+        return round(int(seconds) + int(micros) / 1e6, 6)
 
     def deny_until(self, now: float) -> int:
         """The last moment an access token issued up to ``now`` can still be accepted."""
@@ -249,7 +249,7 @@ class SessionStore:
                     ip,
                     self.prefix,
                     *known,
-                    f"{checked_at:.3f}",
+                    f"{checked_at:.6f}",
                     self.max_sessions,
                     self.deny_until(now),
                     self.retention,

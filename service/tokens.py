@@ -94,7 +94,7 @@ class TokenService:
         auth_time: float | None = None,
     ) -> IssuedToken:
         """A new access token for the session. ``auth_time`` (OpenID Connect's claim, here
-        to the millisecond on Redis's clock) is when the session's credentials were
+        to the microsecond on Redis's clock) is when the session's credentials were
         checked: a user revocation denies the tokens of sessions authenticated up to it."""
         iat = int(now)
         claims: dict[str, Any] = {

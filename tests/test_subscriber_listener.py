@@ -88,7 +88,7 @@ async def test_logout_all_denies_tokens_issued_up_to_its_second(
     make_client, make_listener, clock
 ) -> None:
     """Tokens of sessions authenticated up to the revocation are denied, by auth_time
-    (milliseconds, on tokend's Redis clock like the event's `at`), not by iat (whole
+    (microseconds, on tokend's Redis clock like the event's `at`), not by iat (whole
     seconds, the issuing process's clock): a login in the revocation's own second gets
     tokens that both tokend and the listener accept."""
     clock.now = float(int(clock.now))  # logins and the revocation share one whole second

@@ -12,11 +12,18 @@ local prefix, uid, reason = ARGV[1], ARGV[2], ARGV[3]
 local untl, retention, keep = tonumber(ARGV[4]), ARGV[5], ARGV[6]
 local ep, gen = position(prefix)
 if is_behind(ep, gen, ARGV[7], ARGV[8]) then return {'stale'} end
-local at = clock_ms()
+local at = clock_us()
+local old_at, old_keep = user_mark(KEYS[2])
 local kept_abs = nil
 if keep ~= '' then
-  local f = redis.call('HMGET', KEYS[3], 'uid', 'abs')
-  if f[1] == uid then kept_abs = f[2] else keep = '' end
+  -- only a live session of the user's is kept: never one an earlier mark already ended
+  -- (a logout-all that landed between the caller's authentication and this script)
+  local f = redis.call('HMGET', KEYS[3], 'uid', 'abs', 'auth', 'created')
+  if f[1] == uid and not revoked_by_mark(old_at, old_keep, keep, f[3] or f[4]) then
+    kept_abs = f[2]
+  else
+    keep = ''
+  end
 end
 redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', at)
 local n = redis.call('ZCARD', KEYS[1])
@@ -25,7 +32,6 @@ if keep ~= '' and redis.call('ZSCORE', KEYS[1], keep) then n = n - 1 end
 -- absolute deadline) and while their access tokens could be unexpired.
 local top = redis.call('ZRANGE', KEYS[1], 0, 0, 'REV', 'WITHSCORES')
 local last_use = math.max(untl, tonumber(top[2] or '0'))
-local old_at = user_mark(KEYS[2])
 if old_at == nil or at > old_at then
   local mark = fmt_time(at)
   if keep ~= '' then mark = mark .. ' ' .. keep end
@@ -45,7 +51,7 @@ local kept_sid = cjson.null
 if keep ~= '' then kept_sid = keep end
 emit(prefix .. ':events', prefix .. ':revocations', retention, {
   type = 'user.revoked', sub = uid, sid = kept_sid, jti = cjson.null, reason = reason,
-  at = at, ['until'] = untl,
+  at = fmt_time(at), ['until'] = untl,
 })
 local g, e = bump(prefix)
 return {n, g, e, fmt_time(at)}

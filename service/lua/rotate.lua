@@ -4,8 +4,9 @@
 --       known_epoch known_gen uid
 -- Replies (decoded by service/sessions.py `_rotation`):
 --   {'rotated' | 'grace', uid, jti, iat, exp, cid, scope, gen, epoch, auth}
---   {'reuse', uid, gen, epoch, kind, ip, ua}   kind: concurrent (within the grace window
---        of the last rotation) or replay; ip and ua of the session's last use
+--   {'reuse', uid, gen, epoch, kind, ip, ua}   kind: concurrent (the presented token was
+--        superseded less than the grace ago: most likely the client's own race) or
+--        replay; ip and ua of the session's last use
 --   {'expired' | 'unknown' | 'fenced' | 'revoked' | 'mismatch', uid} and {'stale'}
 -- stale: this Redis is behind the caller's known position (fence.py) and nothing was
 -- read or changed; fenced: the session predates a fence and has just been ended;
@@ -16,9 +17,10 @@ local ep, gen = position(prefix)
 if is_behind(ep, gen, ARGV[12], ARGV[13]) then return {'stale'} end
 local now = tonumber(ARGV[4])
 -- The current refresh token was issued at `last` (iat: its whole second) and expires at
--- `idle`; the previous one is honoured until `last` + grace.
+-- `idle`; the previous one is honoured until `last` + grace. `plast` is when the previous
+-- one was issued: every older token was superseded by then.
 local f = redis.call('HMGET', KEYS[1], 'uid', 'cur', 'prev', 'last', 'abs', 'idle', 'cid',
-  'scope', 'ep', 'auth', 'created', 'ip', 'ua')
+  'scope', 'ep', 'auth', 'created', 'ip', 'ua', 'plast')
 local uid = f[1]
 if not uid then return {'unknown'} end
 if uid ~= ARGV[14] then return {'mismatch', uid} end
@@ -43,19 +45,20 @@ if jti == f[2] then
   local iat = math.floor(now)
   local exp = math.min(iat + tonumber(ARGV[6]), math.floor(tonumber(f[5])))
   redis.call('HSET', KEYS[1], 'cur', ARGV[5], 'prev', jti, 'idle', exp, 'last', ARGV[4],
-    'ua', ARGV[10], 'ip', ARGV[11])
+    'plast', f[4], 'ua', ARGV[10], 'ip', ARGV[11])
   expire_at(KEYS[1], exp)
   redis.call('ZADD', expiry_key(prefix, sid), exp, sid .. ':' .. uid)
   gen = redis.call('INCR', prefix .. ':gen')
   return {'rotated', uid, ARGV[5], iat, exp, f[7], f[8], gen, ep, auth}
 end
-local within = now < tonumber(f[4]) + tonumber(ARGV[7])
-if jti == f[3] and within then
+local grace = tonumber(ARGV[7])
+if jti == f[3] and now < tonumber(f[4]) + grace then
   return {'grace', uid, f[2], math.floor(tonumber(f[4])), tonumber(f[6]), f[7], f[8], gen, ep,
     auth}
 end
+-- The previous token past the grace is a replay; an older one was superseded by `plast`.
 local kind = 'replay'
-if within then kind = 'concurrent' end
+if jti ~= f[3] and f[14] and now < tonumber(f[14]) + grace then kind = 'concurrent' end
 revoke_session(prefix, sid, uid, 'refresh_token_reuse', now, ARGV[8], ARGV[9], kind)
 gen = redis.call('INCR', prefix .. ':gen')
 return {'reuse', uid, gen, ep, kind, f[12] or '', f[13] or ''}
