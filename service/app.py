@@ -142,9 +142,7 @@ def setup_keys(app: web.Application, settings: Settings, kek: bytes) -> None:
         subscriber = make_redis(settings.redis_url, pool_size=2, pool_timeout=5.0)
         tasks = [
             asyncio.create_task(_reload_keys(store, ring)),
-            asyncio.create_task(
-                _watch_key_events(subscriber, f"{settings.redis_prefix}:revocations", store, ring)
-            ),
+            asyncio.create_task(_watch_key_events(subscriber, settings.redis_prefix, store, ring)),
         ]
         yield
         await stop_tasks(tasks)
@@ -162,27 +160,91 @@ async def _reload_keys(store: SqlKeyStore, ring: KeyRing) -> None:
             log.warning("key reload failed, keeping the current keys: %s", exc)
 
 
-async def _watch_key_events(redis: Redis, channel: str, store: SqlKeyStore, ring: KeyRing) -> None:
-    """Reload the key ring as soon as a worker announces key.rotated."""
+# A key.rotated message is a few hundred bytes; anything much larger is not tokend's.
+MAX_KEY_EVENT = 4096
+StreamId = tuple[int, int]
+
+
+async def _watch_key_events(redis: Redis, prefix: str, store: SqlKeyStore, ring: KeyRing) -> None:
+    """Reload the key ring as soon as a worker announces key.rotated.
+
+    The channel is not trusted (anyone who may PUBLISH can write to it): a message only
+    names a stream entry, and the keys are reloaded from SQL when that entry is in the
+    stream, is a key.rotated, and is newer than the last one reloaded for. Junk and
+    forged messages cost at most one XRANGE each, never a SQL query.
+    """
+    channel, stream = f"{prefix}:revocations", f"{prefix}:events"
     backoff = 0.5
+    last: StreamId | None = None
+    subscribed_before = False
     while True:
         try:
             async with redis.pubsub(ignore_subscribe_messages=True) as pubsub:
                 await pubsub.subscribe(channel)
+                # Rotations before now are in the keys already loaded: only a newer entry
+                # is worth a reload. After a lost subscription, reload once for any missed.
+                top = await redis.xrevrange(stream, count=1)
+                if top:
+                    last = max(last or (0, 0), _stream_id(top[0][0]) or (0, 0))
+                if subscribed_before:
+                    ring.replace(await store.load())
+                subscribed_before = True
                 backoff = 0.5
                 while True:
                     message = await pubsub.get_message(timeout=1.0)
-                    if message is None or '"key.rotated"' not in message["data"]:
+                    claimed = None if message is None else _claimed_rotation(message["data"])
+                    if claimed is None or (last is not None and claimed[1] <= last):
                         continue
-                    if json.loads(message["data"]).get("type") == "key.rotated":
-                        ring.replace(await store.load())
-                        log.info("signing keys reloaded after key.rotated")
+                    entries = await redis.xrange(stream, min=claimed[0], max=claimed[0], count=1)
+                    if not entries or not _is_key_rotated((entries[0][1] or {}).get("event")):
+                        log.debug("ignoring a key.rotated message for no such stream entry")
+                        continue
+                    last = claimed[1]
+                    ring.replace(await store.load())
+                    log.info("signing keys reloaded after key.rotated %s", claimed[0])
         except asyncio.CancelledError:
             raise
-        except (RedisError, OSError, TokendError, ValueError) as exc:
+        except (RedisError, OSError, TokendError) as exc:
             log.warning("key event subscription lost, retrying in %.1fs: %s", backoff, exc)
-            await asyncio.sleep(backoff)
-            backoff = min(backoff * 2, 30.0)
+        except Exception:  # a bug must not end the watcher for good
+            log.exception("key event watcher failed, retrying in %.1fs", backoff)
+        await asyncio.sleep(backoff)
+        backoff = min(backoff * 2, 30.0)
+
+
+def _stream_id(value: object) -> StreamId | None:
+    """A stream entry id ``"<ms>-<seq>"`` as ``(ms, seq)``; None for anything else."""
+    if not isinstance(value, str) or len(value) > 41:
+        return None
+    ms, sep, seq = value.partition("-")
+    if not sep or not ms.isdigit() or not seq.isdigit():
+        return None
+    return int(ms), int(seq)
+
+
+def _event(text: object) -> dict[str, object] | None:
+    if not isinstance(text, str) or len(text) > MAX_KEY_EVENT or '"key.rotated"' not in text:
+        return None
+    try:
+        event = json.loads(text)
+    except (ValueError, RecursionError):
+        return None
+    return event if isinstance(event, dict) else None
+
+
+def _claimed_rotation(data: object) -> tuple[str, StreamId] | None:
+    """The stream id a key.rotated channel message names; None for any other message."""
+    event = _event(data)
+    if event is None or event.get("type") != "key.rotated":
+        return None
+    entry_id = event.get("id")
+    position = _stream_id(entry_id)
+    return None if position is None else (str(entry_id), position)
+
+
+def _is_key_rotated(data: object) -> bool:
+    event = _event(data)
+    return event is not None and event.get("type") == "key.rotated"
 
 
 def setup_auth(app: web.Application, settings: Settings, kek: bytes) -> None:

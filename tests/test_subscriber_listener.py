@@ -4,6 +4,7 @@ reaches the deny list once, survives restarts and reconnects, and expires with `
 from __future__ import annotations
 
 import asyncio
+import json
 import signal
 import time
 from collections.abc import Callable
@@ -33,6 +34,12 @@ async def eventually(predicate: Callable[[], bool], timeout: float = 10) -> None
     while not predicate():
         assert time.monotonic() < deadline, "condition not reached"
         await asyncio.sleep(0.005)
+
+
+async def mark_like_tokend(client: aioredis.Redis, prefix: str) -> None:
+    """Set the epoch marker as a starting tokend does (service/fence.py): a listener is not
+    ready on a Redis without one. Tests with a real tokend get it from tokend itself."""
+    await client.set(f"{prefix}:epoch", 1, nx=True)
 
 
 async def ready(listener: Any) -> Any:
@@ -143,7 +150,10 @@ async def test_started_after_the_revocations_it_replays_them(make_client, make_l
     assert sample(listener, "tokend_listener_propagation_seconds_count", {"source": "replay"}) == 2
 
 
-async def test_each_event_is_applied_once(make_listener, emit_revocation, redis_client) -> None:
+async def test_each_event_is_applied_once(
+    make_listener, emit_revocation, redis_client, redis_prefix
+) -> None:
+    await mark_like_tokend(redis_client, redis_prefix)
     listener = await ready(await make_listener())
     now = time.time()
     ids = [
@@ -165,14 +175,16 @@ async def test_each_event_is_applied_once(make_listener, emit_revocation, redis_
     assert [listener.is_revoked(p) for p in probes] == expected
     before = (dict(listener.applied), listener.deny_list_size, listener.last_id)
     assert before[2] == ids[-1]
-    # the same messages delivered again (a replay overlapping the channel) change nothing
+    # the same messages delivered again only wake the listener up: the stream has
+    # nothing after the last applied id, so nothing changes
+    wakeups = listener.wakeups
     entries = await redis_client.xrange(f"{listener.prefix}:events")
     for entry_id, fields in entries:
         await redis_client.publish(listener.channel, fields["event"][:-1] + f',"id":"{entry_id}"}}')
-    await eventually(lambda: listener.skipped == 4)
+    await eventually(lambda: listener.wakeups == wakeups + 4)
     assert (dict(listener.applied), listener.deny_list_size, listener.last_id) == before
     assert [listener.is_revoked(p) for p in probes] == expected
-    assert sample(listener, "tokend_listener_events_skipped_total") == 4
+    assert listener.skipped == 0
     assert sample(listener, "tokend_listener_events_applied_total", {"type": "user.revoked"}) == 1
     # and a reconnect replays from the last id: nothing is applied twice
     await kill_listener_connection(redis_client, listener)
@@ -180,7 +192,10 @@ async def test_each_event_is_applied_once(make_listener, emit_revocation, redis_
     assert (dict(listener.applied), listener.deny_list_size, listener.last_id) == before
 
 
-async def test_entries_are_dropped_after_until(make_listener, emit_revocation) -> None:
+async def test_entries_are_dropped_after_until(
+    make_listener, emit_revocation, redis_client, redis_prefix
+) -> None:
+    await mark_like_tokend(redis_client, redis_prefix)
     now = time.time()
     clock = Clock(now)
     listener = await ready(await make_listener(clock=clock, prune_interval=3600))
@@ -244,10 +259,11 @@ async def test_killed_connection_reconnects_and_replays_what_it_missed(
 
 
 async def test_redis_restart_backs_off_reconnects_and_follows_again(
-    make_listener, emit_revocation, private_redis
+    make_listener, emit_revocation, private_redis, redis_prefix
 ) -> None:
     client = aioredis.Redis.from_url(private_redis.url, decode_responses=True)
     try:
+        await mark_like_tokend(client, redis_prefix)
         listener = await ready(
             await make_listener(private_redis.url, backoff_initial=0.05, backoff_max=0.4)
         )
@@ -258,9 +274,14 @@ async def test_redis_restart_backs_off_reconnects_and_follows_again(
         assert sample(listener, "tokend_listener_connected") == 0
         assert listener.is_revoked({"sid": "before", "sub": "u", "jti": "j", "iat": 0})
         await asyncio.to_thread(private_redis.start)  # empty: the stream starts afresh
-        await eventually(lambda: sample(listener, "tokend_listener_connected") == 1)
         await client.aclose()
         client = aioredis.Redis.from_url(private_redis.url, decode_responses=True)
+        # the epoch marker is gone with the data: not trusted until tokend has fenced it
+        await asyncio.sleep(0.5)
+        assert not listener.ready and sample(listener, "tokend_listener_connected") == 0
+        await client.set(f"{redis_prefix}:epoch", 2)  # what tokend's fence does (with all.revoked)
+        await eventually(lambda: listener.ready)
+        await eventually(lambda: sample(listener, "tokend_listener_connected") == 1)
         await emit_revocation("session.revoked", sub="u", sid="after", client=client)
         await eventually(lambda: listener.applied["session.revoked"] == 2)
         assert listener.is_revoked({"sid": "after", "sub": "u", "jti": "j", "iat": 0})
@@ -269,16 +290,46 @@ async def test_redis_restart_backs_off_reconnects_and_follows_again(
         await client.aclose()
 
 
-async def test_invalid_messages_are_counted_and_ignored(make_listener, redis_client) -> None:
+async def test_channel_messages_are_only_wake_ups(
+    make_listener, redis_client, redis_prefix
+) -> None:
+    """Whatever is published on the channel, only the stream's entries are applied."""
+    await mark_like_tokend(redis_client, redis_prefix)
     listener = await ready(await make_listener())
-    for payload in ("not json", '{"v": 1, "type": "session.revoked"}', '{"id": "1-1", "v": 2}'):
+    now = time.time()
+    forged = json.dumps(
+        {
+            "v": 1,
+            "type": "session.revoked",
+            "sid": "s",
+            "sub": "u",
+            "at": now,
+            "until": now + 60,
+            "id": "1-1",
+        }
+    )
+    for payload in ("not json", '{"v": 1, "type": "session.revoked"}', forged):
         await redis_client.publish(listener.channel, payload)
+    await eventually(lambda: listener.wakeups == 3)
+    assert sum(listener.applied.values()) == 0 and listener.invalid == 0
+    assert not listener.is_revoked({"sid": "s", "sub": "u", "jti": "j", "iat": int(now)})
+
+
+async def test_invalid_stream_entries_are_counted_and_ignored(
+    make_listener, redis_client, redis_prefix
+) -> None:
+    await mark_like_tokend(redis_client, redis_prefix)
+    listener = await ready(await make_listener())
+    for payload in ("not json", '{"v": 1, "type": "session.revoked"}', '{"v": 2}'):
+        await redis_client.xadd(f"{redis_prefix}:events", {"event": payload})
+        await redis_client.publish(listener.channel, "wake up")
     await eventually(lambda: listener.invalid == 3)
     assert sum(listener.applied.values()) == 0
     assert sample(listener, "tokend_listener_events_invalid_total") == 3
 
 
-async def test_close_leaves_no_connection_behind(make_listener, redis_client) -> None:
+async def test_close_leaves_no_connection_behind(make_listener, redis_client, redis_prefix) -> None:
+    await mark_like_tokend(redis_client, redis_prefix)
     listener = await ready(await make_listener())
     name = f"tokend-listener:{listener.prefix}"
     assert name in [c.get("name") for c in await redis_client.client_list(_type="pubsub")]
@@ -290,9 +341,12 @@ async def test_close_leaves_no_connection_behind(make_listener, redis_client) ->
 
 
 async def test_a_redis_that_stops_answering_is_detected_by_the_ping(
-    make_listener, emit_revocation, private_redis
+    make_listener, emit_revocation, private_redis, redis_prefix
 ) -> None:
     """A frozen server keeps the TCP connection open; only the liveness ping notices."""
+    admin = aioredis.Redis.from_url(private_redis.url, decode_responses=True)
+    await mark_like_tokend(admin, redis_prefix)
+    await admin.aclose()
     listener = await ready(await make_listener(private_redis.url, ping_interval=0.2))
     await asyncio.sleep(2)  # idle for many ping intervals: answered pings keep it connected
     assert listener.reconnects == 0

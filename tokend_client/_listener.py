@@ -8,12 +8,18 @@ at-most-once, so the listener's one background task does, on every (re)connect:
    from now on can be missed;
 2. XRANGE the stream from the last applied entry id (exclusive; ``-`` at first
    start), which holds everything published before the subscription took effect;
-3. apply live messages, skipping any id not above the last applied one (stream ids
-   compare as ``(ms, seq)``), so events seen both ways are applied once.
+3. take every channel message as a wake-up only: read the stream after the last
+   applied entry again (one XRANGE for all the messages that arrived meanwhile).
+
+Ids, events and the position in the stream come from the stream alone, never from a
+message's payload: anyone who may PUBLISH on the channel can wake the listener up but
+cannot move its position past real events or put entries into its deny list.
 
 Between 1 and 2 it compares tokend's Redis position with the one seen before
-(``_position.py``): a Redis that lost data is not trusted until tokend has fenced it,
-and the deny list is never cleared (entries from before a Redis restart still hold).
+(``_position.py``): a Redis without tokend's epoch marker (not marked yet, or it lost
+its data) or behind a position seen before is not trusted until tokend has marked or
+fenced it, and the deny list is never cleared (entries from before a Redis restart
+still hold).
 
 Any Redis error ends the round: the task backs off (0.1 s doubling to 5 s),
 reconnects and starts again at step 1. Deny entries live until their event's
@@ -56,6 +62,9 @@ EVENT_TYPES = (
     "key.rotated",
 )
 REPLAY_BATCH = 500
+# At most this many channel messages already received are folded into one stream read,
+# so a flood of publishes cannot postpone the read indefinitely.
+COALESCE_MAX = 10_000
 Clock = Callable[[], float]
 StreamId = tuple[int, int]
 EventCallback = Callable[[dict[str, Any]], object]
@@ -119,8 +128,12 @@ class RevocationListener:
         self.applied: TypeCounter[str] = TypeCounter()
         #: Messages skipped because their id was already applied.
         self.skipped = 0
-        #: Messages that were not valid v1 events (ignored).
+        #: Stream entries that were not valid v1 events (ignored).
         self.invalid = 0
+        #: Channel messages received (each only a wake-up: its payload is not trusted).
+        self.wakeups = 0
+        #: Stream reads those wake-ups caused (a burst of messages costs one read).
+        self.wakeup_reads = 0
         #: Completed stream replays (one per successful (re)connect).
         self.replays = 0
         #: Reconnect attempts after a Redis error.
@@ -225,7 +238,7 @@ class RevocationListener:
     def _invalid(self, entry_id: str, why: str) -> None:
         self.invalid += 1
         self._metrics.invalid.inc()
-        log.warning("ignoring revocation message %s: %s", entry_id, why)
+        log.warning("ignoring revocation stream entry %s: %s", entry_id, why)
 
     # the background task
 
@@ -275,7 +288,7 @@ class RevocationListener:
             self._live = True
             self._metrics.connected.set(1)
             self._ready.set()
-            await self._consume(pubsub)
+            await self._consume(pubsub, client)
         finally:
             with contextlib.suppress(Exception):
                 await pubsub.aclose()  # type: ignore[no-untyped-call]
@@ -304,6 +317,12 @@ class RevocationListener:
 
     async def _replay(self, client: aioredis.Redis) -> None:
         """Apply every stream entry after the last applied one."""
+        await self._read_stream(client, "replay")
+        self.replays += 1
+        self._metrics.replays.inc()
+
+    async def _read_stream(self, client: aioredis.Redis, source: str) -> None:
+        """Apply the stream's entries after the last applied one, in batches."""
         while True:
             start = "-" if self._last_id is None else f"({self.last_id}"
             entries = cast(
@@ -311,13 +330,26 @@ class RevocationListener:
                 await client.xrange(self.stream, min=start, max="+", count=REPLAY_BATCH),
             )
             for entry_id, fields in entries:
-                self._apply(entry_id, _loads(fields.get("event")), "replay")
+                self._apply(entry_id, _loads(fields.get("event")), source)
             if len(entries) < REPLAY_BATCH:
                 break
-        self.replays += 1
-        self._metrics.replays.inc()
 
-    async def _consume(self, pubsub: aioredis.client.PubSub) -> None:
+    async def _wake_up(self, pubsub: aioredis.client.PubSub, client: aioredis.Redis) -> None:
+        """A channel message arrived: fold in those already received, then read the stream.
+
+        The messages' payloads are ignored: only the stream says what happened.
+        """
+        self.wakeups += 1
+        for _ in range(COALESCE_MAX):
+            message = await pubsub.get_message(timeout=0.0)
+            if message is None:
+                break
+            if message["type"] == "message":
+                self.wakeups += 1
+        self.wakeup_reads += 1
+        await self._read_stream(client, "live")
+
+    async def _consume(self, pubsub: aioredis.client.PubSub, client: aioredis.Redis) -> None:
         # After ping_interval of silence, a ping; no answer within another interval
         # means the connection is dead even if TCP has not noticed (a frozen server).
         poll = min(1.0, self.ping_interval / 2)
@@ -331,7 +363,7 @@ class RevocationListener:
             if message is not None:
                 last_heard, pinged_at = now, None
                 if message["type"] == "message":
-                    self._on_message(message["data"])
+                    await self._wake_up(pubsub, client)
             elif pinged_at is None and now - last_heard >= self.ping_interval:
                 await pubsub.ping()
                 pinged_at = now
@@ -339,14 +371,6 @@ class RevocationListener:
                 raise TimeoutError("no answer from Redis to a ping")
             if self._clock() - self._last_prune >= self.prune_interval:
                 self.prune()
-
-    def _on_message(self, data: Any) -> None:
-        event = _loads(data)
-        entry_id = event.get("id") if isinstance(event, dict) else None
-        if not isinstance(entry_id, str):
-            self._invalid("?", "message without a stream id")
-            return
-        self._apply(entry_id, event, "live")
 
 
 def _loads(data: Any) -> Any:

@@ -2,10 +2,13 @@
 
 tokend keeps the position of its Redis data in two keys: ``<prefix>:epoch`` (a new
 one each time tokend fences a Redis that lost data) and ``<prefix>:gen`` (raised by
-every revocation). A Redis whose position is below the one seen before, or whose
-epoch marker has gone, has lost revocations that tokend has not fenced yet: the
+every revocation). A Redis whose position is below the one seen before, or that has
+no epoch marker, may have lost revocations that tokend has not fenced yet: the
 listener keeps retrying (and reports not ready) until tokend has fenced it and
-published ``all.revoked``, which the replay then applies.
+published ``all.revoked``, which the replay then applies. A missing marker counts
+even at the listener's first start (it cannot tell a Redis that lost its data from a
+new one): tokend sets ``<prefix>:epoch`` when it starts, so a subscriber becomes ready
+once a tokend has started on that Redis and prefix.
 """
 
 from __future__ import annotations
@@ -35,7 +38,11 @@ class PositionWatch:
         if epoch is None:
             if self.seen is not None:
                 raise RedisBehind("tokend's Redis lost its data; waiting for tokend's fence")
-            return  # no tokend has marked this Redis (yet): nothing to compare
+            # Never marked, or lost its data before we first looked: both look the same.
+            raise RedisBehind(
+                f"{self.keys[0]} is missing: no tokend has marked this Redis yet, or it "
+                "lost its data; waiting for tokend"
+            )
         position = (int(epoch), int(gen or 0))
         if self.seen is not None and position < self.seen:
             raise RedisBehind("tokend's Redis went back to older data; waiting for its fence")
