@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import binascii
 import os
+import stat
 from pathlib import Path
 
 from cryptography.exceptions import InvalidTag
@@ -33,9 +34,21 @@ def decode_kek(text: str) -> bytes:
 
 
 def load_or_create_dev_kek(path: Path) -> tuple[str, bool]:
-    """Read the development KEK file beside the SQLite database, creating it (0600) if absent."""
+    """Read the development KEK file beside the SQLite database, creating it (0600) if absent.
+
+    An existing file that group or others may read or write is refused: whoever reads it
+    can decrypt every signing key in the database.
+    """
     if path.exists():
-        text = path.read_text().strip()
+        with path.open("rb") as fh:
+            mode = stat.S_IMODE(os.fstat(fh.fileno()).st_mode)
+            if mode & 0o077:
+                raise ConfigError(
+                    f"TOKEND_KEY_ENCRYPTION_KEY: key file {path} is accessible to group or "
+                    f"others (mode {mode:04o}); run: chmod 600 {path}"
+                )
+            raw = fh.read()
+        text = raw.decode(errors="replace").strip()
         try:
             decode_kek(text)
         except ValueError as exc:

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import contextlib
+import logging
+import os
+import stat
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
@@ -12,13 +15,18 @@ from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker, create_async
 
 from .errors import Conflict, Unavailable
 
+log = logging.getLogger("tokend.db")
+
 DB_CONNECT_TIMEOUT = 5.0
 DB_COMMAND_TIMEOUT = 5.0
+# SQLite's companions of a database file; SQLite gives them the database file's mode.
+SQLITE_SIDECARS = ("-wal", "-shm", "-journal")
 
 
 def make_engine(url: str, *, pool_size: int = 10) -> AsyncEngine:
     """Create the async engine; SQLite gets WAL and a busy timeout for concurrent writers."""
     if url.startswith("sqlite"):
+        ensure_private_sqlite(url)
         # A small pool: opening a SQLite connection (and its PRAGMAs) per query cost more
         # than the query itself.
         engine = create_async_engine(
@@ -54,6 +62,33 @@ def sqlite_path(url: str) -> Path | None:
     if not rest or rest.startswith(":memory:"):
         return None
     return Path(rest.split("?", 1)[0])
+
+
+def ensure_private_sqlite(url: str) -> None:
+    """Create the SQLite file behind ``url`` readable by its owner only (0600), before
+    SQLite does (it would use 0644 less the umask): it holds password hashes and sealed
+    signing keys. Leftover -wal/-shm/-journal files of a new database are made 0600 too.
+    An existing database keeps its mode, with a warning when others may read it.
+    """
+    path = sqlite_path(url)
+    if path is None or "mode=memory" in url:
+        return
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+    except FileExistsError:
+        mode = stat.S_IMODE(path.stat().st_mode) if path.is_file() else 0
+        if mode & 0o077:
+            log.warning(
+                "database file %s is readable by others (mode %04o): chmod 600 it", path, mode
+            )
+        return
+    except OSError:
+        return  # a missing directory or no permission: SQLite reports it in its own words
+    os.close(fd)
+    for suffix in SQLITE_SIDECARS:
+        sidecar = path.with_name(path.name + suffix)
+        with contextlib.suppress(FileNotFoundError):
+            os.chmod(sidecar, 0o600)
 
 
 @contextlib.contextmanager

@@ -7,6 +7,8 @@ import asyncio
 from alembic import command
 from alembic.config import Config
 
+from .db import ensure_private_sqlite
+
 
 def alembic_config(database_url: str) -> Config:
     """An Alembic config pointing at the migrations shipped inside the package."""
@@ -18,6 +20,7 @@ def alembic_config(database_url: str) -> Config:
 
 def upgrade(database_url: str, revision: str = "head") -> None:
     """Bring the schema to ``revision`` (blocking: run it in a thread from async code)."""
+    ensure_private_sqlite(database_url)
     command.upgrade(alembic_config(database_url), revision)
 
 
