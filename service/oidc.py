@@ -132,7 +132,7 @@ class ProviderClient:
             async with self.http.request(
                 method, url, timeout=HTTP_TIMEOUT, allow_redirects=False, **kwargs
             ) as resp:
-                raw = await resp.content.read(MAX_RESPONSE + 1)
+                raw = await _read_limited(resp, MAX_RESPONSE)
                 status = resp.status
         except TimeoutError as exc:
             raise self._down(f"{urlsplit(url).path} timed out") from exc
@@ -390,6 +390,23 @@ class ProviderClient:
             email=email if isinstance(email, str) else None,
             username_hint=hint if isinstance(hint, str) else None,
         )
+
+
+async def _read_limited(resp: aiohttp.ClientResponse, limit: int) -> bytes:
+    """The body up to ``limit + 1`` bytes (more than ``limit`` means too large).
+
+    ``content.read(n)`` returns what has arrived so far, up to n, not n bytes: a body in
+    several TCP segments needs a loop until EOF.
+    """
+    chunks: list[bytes] = []
+    size = 0
+    while size <= limit:
+        chunk = await resp.content.read(limit + 1 - size)
+        if not chunk:
+            break
+        chunks.append(chunk)
+        size += len(chunk)
+    return b"".join(chunks)
 
 
 def _bad_token(description: str) -> SocialLoginFailed:

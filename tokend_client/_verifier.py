@@ -302,7 +302,17 @@ class TokenVerifier:
         ) as resp:
             if resp.status != 200:
                 raise JWKSUnavailable(f"JWKS endpoint answered {resp.status}")
-            body = await resp.content.read(MAX_JWKS_BYTES + 1)
+            # content.read(n) returns what has arrived so far (up to n), not n bytes:
+            # read until EOF or one byte past the limit.
+            chunks: list[bytes] = []
+            size = 0
+            while size <= MAX_JWKS_BYTES:
+                chunk = await resp.content.read(MAX_JWKS_BYTES + 1 - size)
+                if not chunk:
+                    break
+                chunks.append(chunk)
+                size += len(chunk)
+            body = b"".join(chunks)
         if len(body) > MAX_JWKS_BYTES:
             raise JWKSUnavailable("JWKS document too large")
         return json.loads(body)
