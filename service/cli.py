@@ -27,6 +27,7 @@ from .crypto import Sealer, generate_kek
 from .db import make_engine
 from .devredis import redis_for_dev
 from .errors import TokendError
+from .fence import PositionStore, RedisFence
 from .http.errors import TokendRunner
 from .keys import SqlKeyStore
 from .passwords import PasswordHasher, check_password_rules
@@ -100,16 +101,32 @@ async def add_user(settings: Settings, username: str, password: str) -> str:
 
 
 async def disable_user_cli(settings: Settings, username: str, *, delete: bool = False) -> int:
-    """Disable (or delete) a user and revoke every session of theirs; how many ended."""
+    """Disable (or delete) a user and revoke every session of theirs; how many ended.
+
+    The revocation is checked against the Redis position recorded in SQL, like the API's:
+    on a Redis that lost data or was rolled back it fences first, instead of raising the
+    write generation past the known position and so hiding the loss from every process.
+    """
     engine = make_engine(settings.database_url)
     redis = make_redis(settings.redis_url, pool_size=2, pool_timeout=5.0)
     try:
-        return await (delete_user if delete else disable_user)(
+        fence = RedisFence(
+            redis,
+            prefix=settings.redis_prefix,
+            positions=PositionStore(async_sessionmaker(engine)),
+            clock=time.time,
+            deny_window=settings.access_ttl + settings.leeway + 1,
+            retention=settings.access_ttl + settings.leeway + 300,
+        )
+        await fence.start()
+        revoked = await (delete_user if delete else disable_user)(
             SqlUserStore(async_sessionmaker(engine, expire_on_commit=False)),
-            SessionStore.from_settings(redis, settings),
+            SessionStore.from_settings(redis, settings, fence),
             username,
             time.time(),
         )
+        await fence.checkpoint()
+        return revoked
     finally:
         await redis.aclose()
         await engine.dispose()

@@ -12,6 +12,7 @@ from typing import Any
 
 import pytest
 
+from service.cli import disable_user_cli
 from service.clock import FrozenClock
 from service.http.appkeys import AUTH, FENCE, METRICS, SETTINGS
 from tests.helpers import bearer, login, register, unverified
@@ -63,26 +64,51 @@ async def test_a_token_from_a_process_whose_clock_runs_ahead_is_denied_by_logout
 # --- a rolled-back Redis is caught by revocations ------------------------------------
 
 
-@pytest.mark.parametrize("revocation", ["logout", "logout-all"])
+async def _rolled_back(client: Any, redis_client: Any) -> str:
+    """A user with rotated sessions, the position checkpointed, then Redis set back two
+    writes (a replica promoted a little behind, a restore from a slightly older copy)."""
+    prefix = client.app[SETTINGS].redis_prefix
+    await register(client, "alice")
+    for tokens in [await login(client, "alice") for _ in range(3)]:  # rotations raise gen
+        assert (await client.post("/auth/refresh", headers=bearer(tokens["refresh_token"]))).ok
+    fence = client.app[FENCE]
+    await fence.checkpoint()
+    assert fence.known is not None
+    await redis_client.set(f"{prefix}:gen", fence.known.gen - 2)
+    return prefix
+
+
+@pytest.mark.parametrize("revocation", ["session", "user", "token"])
 async def test_revocations_on_a_rolled_back_redis_fence_it_first(
     make_client, redis_client, revocation
 ) -> None:
-    """Redis comes back a few writes behind what this process saw. Each revocation used
-    to raise gen from there without a check, so a handful of them carried gen past the
-    known position and the rollback went unnoticed; now the first one fences."""
+    """Revocations that are not preceded by a read (RFC 7009 revoke of a refresh or an
+    access token, admin revocations) used to raise gen from the rolled-back value without
+    a check, so a few of them carried gen past the known position and the rollback went
+    unnoticed by every process; now the first one fences."""
     client = await make_client()
-    prefix = client.app[SETTINGS].redis_prefix
-    await register(client, "alice")
-    sessions = [await login(client, "alice") for _ in range(5)]
-    for tokens in sessions[:3]:  # rotations raise gen
-        assert (await client.post("/auth/refresh", headers=bearer(tokens["refresh_token"]))).ok
-    known = client.app[FENCE].known
-    assert known is not None
-    await redis_client.set(f"{prefix}:gen", known.gen - 2)  # lost the last two writes
-    for tokens in sessions[3:]:
-        path = f"/auth/{revocation}"
-        resp = await client.post(path, headers=bearer(tokens["access_token"]))
-        assert resp.status in (204, 401), await resp.text()
+    await _rolled_back(client, redis_client)
+    sessions, now = client.app[AUTH].sessions, time.time()
+    for n in range(3):
+        if revocation == "session":
+            await sessions.revoke(sid=f"s{n}", now=now, reason="logout", owner="u", force=True)
+        elif revocation == "user":
+            await sessions.revoke_user(uid=f"u{n}", now=now, reason="admin_revoke")
+        else:
+            await sessions.revoke_access_token(
+                jti=f"j{n}", sub="u", sid="s", exp=now + 60, now=now, reason="revoked"
+            )
+    fences = [e for e in await stream(client, redis_client) if e["type"] == "all.revoked"]
+    assert [e["reason"] for e in fences] == ["redis_rollback"]
+
+
+async def test_tokend_users_disable_on_a_rolled_back_redis_fences_it(
+    make_client, redis_client
+) -> None:
+    """The command line checks the position recorded in SQL before it revokes."""
+    client = await make_client()
+    await _rolled_back(client, redis_client)
+    await disable_user_cli(client.app[SETTINGS], "alice")
     fences = [e for e in await stream(client, redis_client) if e["type"] == "all.revoked"]
     assert [e["reason"] for e in fences] == ["redis_rollback"]
 
