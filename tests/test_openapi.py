@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import hashlib
 import json
 import os
 import re
@@ -44,6 +45,11 @@ CONFIG = Path(__file__).with_name("schemathesis.toml")
 CLIENT_ID, CLIENT_SECRET = "st-app", "st-app-secret"
 OIDC_CLIENT_ID = "tokend"
 RETURN_TO = "https://app.example.com/done"
+# The app's PKCE-style pair for the login_code (RFC 7636 S256).
+VERIFIER = "st-verifier-" + "v" * 40
+CHALLENGE = (
+    base64.urlsafe_b64encode(hashlib.sha256(VERIFIER.encode()).digest()).decode().rstrip("=")
+)
 ST_TIMEOUT = float(os.environ.get("TOKEND_TEST_ST_TIMEOUT", "240"))
 # The CI run is fixed (seed 1, 20 examples an operation); set these to explore further.
 ST_SEED = os.environ.get("TOKEND_TEST_ST_SEED", "1")
@@ -271,13 +277,26 @@ async def prepare(world: World, document: dict[str, Any], username: str) -> None
     )
 
     # Link a provider account to the first user (so that unlinking it can succeed) ...
+    # (the link URL is tokend's /link/start; the callback's link_code is confirmed by the
+    # same session) ...
     link = await world.ok("POST", "/auth/oidc/fake/link", headers=bearer(me["access_token"]))
-    at_provider = await world.get(link["authorization_url"])
-    callback = at_provider.headers["Location"]
-    linked = await world.get(callback)
-    assert linked.status == 200, await linked.text()
+    callback = await world.authorize(link["authorization_url"])
+    pending_link = await world.get(callback)
+    assert pending_link.status == 200, await pending_link.text()
+    await world.ok(
+        "POST",
+        "/auth/oidc/link/confirm",
+        json={"link_code": (await pending_link.json())["link_code"]},
+        headers=bearer(me["access_token"]),
+    )
+    # ... a link ticket still to be taken up ...
+    ticket = await world.ok("POST", "/auth/oidc/fake/link", headers=bearer(me["access_token"]))
+    ticket = parse_qs(urlsplit(ticket["authorization_url"]).query)["ticket"][0]
     # ... a login code from a finished social login with return_to ...
-    callback = await world.authorize(f"{world.base}/auth/oidc/fake/login?return_to={RETURN_TO}")
+    callback = await world.authorize(
+        f"{world.base}/auth/oidc/fake/login?"
+        + urlencode({"return_to": RETURN_TO, "code_challenge": CHALLENGE})
+    )
     done = await world.get(callback)
     assert done.status == 302, await done.text()
     login_code = parse_qs(urlsplit(done.headers["Location"]).query)["login_code"][0]
@@ -314,7 +333,15 @@ async def prepare(world: World, document: dict[str, Any], username: str) -> None
         {"token": me["access_token"], "token_type_hint": "access_token"},
     )
     _set_body_example(document, "/oauth/introspect", "post", {"token": oauth["access_token"]})
-    _set_body_example(document, "/auth/oidc/exchange", "post", {"login_code": login_code})
+    _set_body_example(
+        document,
+        "/auth/oidc/exchange",
+        "post",
+        {"login_code": login_code, "code_verifier": VERIFIER},
+    )
+    _set_param_example(
+        document, "/auth/oidc/{provider}/link/start", "get", provider="fake", ticket=ticket
+    )
     _set_param_example(
         document,
         "/auth/oidc/{provider}/callback",
@@ -383,6 +410,11 @@ async def test_schemathesis_finds_nothing(
         # (tested in test_http_errors and the security suite) would soon lock every login.
         TOKEND_LOGIN_FAILURES_PER_USER="1000000",
         TOKEND_LOGIN_FAILURES_PER_IP="1000000",
+        TOKEND_OIDC_STARTS_PER_IP="1000000",
+        TOKEND_LOGINS_PER_USER="1000000",
+        TOKEND_REGISTRATIONS_PER_IP="1000000",
+        # and its logins would end the sessions of the spec's example tokens
+        TOKEND_MAX_SESSIONS_PER_USER="0",
     )
     client = await aiohttp_client(TokendTestServer(create_app(settings), port=port))
     async with aiohttp.ClientSession(cookie_jar=aiohttp.CookieJar(unsafe=True)) as browser:

@@ -309,12 +309,14 @@ def _components(settings: Settings) -> dict[str, Any]:
                 )
             },
         ),
+        "403": error_response("Not allowed here (`forbidden`)"),
         "404": error_response("No such resource, or not the caller's (`not_found`)"),
         "409": error_response("Conflict (`conflict`)"),
         "413": error_response(f"Request body over {MAX_BODY // 1024} KiB"),
         "415": error_response("Wrong Content-Type for this operation"),
         "429": error_response(
-            "Too many failed logins for this username or client IP (`slow_down`)",
+            "Over a limit (`slow_down`): failed logins or password changes per user or "
+            "client IP, successful logins per user, registrations per client IP",
             headers={"Retry-After": retry_after},
         ),
         "431": error_response("A request header over 8 KiB (never echoed)"),
@@ -623,6 +625,9 @@ def _paths(settings: Settings) -> dict[str, Any]:
                 "tags": ["auth"],
                 "operationId": "register",
                 "summary": "Create a user",
+                "description": "403 `forbidden` when registration is closed "
+                "(`TOKEND_REGISTRATION=closed`); every attempt counts against the client IP's "
+                "registration limit (429), a taken name (409) too.",
                 "requestBody": {
                     "required": True,
                     "content": json_content(
@@ -632,7 +637,9 @@ def _paths(settings: Settings) -> dict[str, Any]:
                 },
                 "responses": responses(
                     *BODY,
+                    "403",
                     "409",
+                    "429",
                     *STORE,
                     s201={
                         "description": "Created",
@@ -647,7 +654,11 @@ def _paths(settings: Settings) -> dict[str, Any]:
                 "operationId": "login",
                 "summary": "Log in with username and password",
                 "description": "401 `invalid_grant` for an unknown user and a wrong password "
-                "alike; failed logins per username and per client IP are limited (429).",
+                "alike, and for a login whose credentials were checked before the user was "
+                "disabled, deleted, changed their password or logged out everywhere; failed "
+                "logins per username and per client IP, and successful logins per user, are "
+                "limited (429). Past `TOKEND_MAX_SESSIONS_PER_USER` the user's least recently "
+                "used session ends (`session.revoked`, reason `session_limit`).",
                 "requestBody": {
                     "required": True,
                     "content": json_content(
@@ -726,8 +737,24 @@ def _paths(settings: Settings) -> dict[str, Any]:
             "get": {
                 "tags": ["auth"],
                 "operationId": "listSessions",
-                "summary": "The caller's live sessions, newest first",
+                "summary": "The caller's live sessions, newest first, a page at a time",
                 "security": BEARER,
+                "parameters": [
+                    {
+                        "name": "limit",
+                        "in": "query",
+                        "required": False,
+                        "description": "Sessions per page (default 50)",
+                        "schema": {"type": "integer", "minimum": 1, "maximum": 100},
+                    },
+                    {
+                        "name": "cursor",
+                        "in": "query",
+                        "required": False,
+                        "description": "The `next_cursor` of the previous page",
+                        "schema": {"type": "string", "pattern": "^[0-9]{1,7}$"},
+                    },
+                ],
                 "responses": responses(
                     *PROTECTED,
                     s200={
@@ -735,13 +762,19 @@ def _paths(settings: Settings) -> dict[str, Any]:
                         "content": json_content(
                             {
                                 "type": "object",
-                                "required": ["sessions"],
+                                "required": ["sessions", "next_cursor"],
                                 "additionalProperties": False,
                                 "properties": {
                                     "sessions": {
                                         "type": "array",
                                         "items": ref("schemas", "Session"),
-                                    }
+                                    },
+                                    "next_cursor": {
+                                        "type": "string",
+                                        "nullable": True,
+                                        "description": "Pass as `cursor` for the next page; "
+                                        "null on the last",
+                                    },
                                 },
                             }
                         ),
@@ -772,6 +805,8 @@ def _paths(settings: Settings) -> dict[str, Any]:
                 "tags": ["auth"],
                 "operationId": "changePassword",
                 "summary": "Change the caller's password; ends every other session",
+                "description": "Wrong current passwords count per user and per client IP "
+                "like failed logins (429 past the limits).",
                 "security": BEARER,
                 "requestBody": {
                     "required": True,
@@ -799,6 +834,7 @@ def _paths(settings: Settings) -> dict[str, Any]:
                 "responses": responses(
                     *BODY,
                     *PROTECTED,
+                    "429",
                     s200={
                         "description": "Changed; how many other sessions were revoked",
                         "content": json_content(
