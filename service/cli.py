@@ -18,7 +18,10 @@ from collections.abc import Coroutine, Mapping, Sequence
 from typing import Any, cast
 
 from aiohttp import web
+from redis.asyncio import Redis
 from sqlalchemy.ext.asyncio import async_sessionmaker
+
+from tokend_client._tasks import stop_tasks
 
 from . import migrate
 from .app import create_app, resolve_kek
@@ -153,43 +156,76 @@ async def rotate_keys(settings: Settings) -> int | None:
         await engine.dispose()
 
 
-async def tail_events(settings: Settings, since: str | None = None) -> None:
-    """Print revocation events as they arrive, one JSON line each.
+TAIL_BATCH = 500
+# Each XREAD blocks at most this long: below the client's 5 s socket timeout.
+TAIL_BLOCK_MS = 1000
 
-    With ``since`` (a stream entry id, or ``-`` for everything kept), the stream is
-    replayed from there first; subscribing before the replay means nothing falls between.
+
+async def tail_events(settings: Settings, since: str | None = None) -> None:
+    """Print revocation events as they arrive, one JSON line each, until SIGTERM or SIGINT.
+
+    Only entries of the stream ``<prefix>:events`` are printed (each its v1 event with its
+    stream ``id``), read with ``XREAD BLOCK`` after the last one printed. The channel
+    ``<prefix>:revocations`` is not read at all: anyone who may PUBLISH could put anything
+    on it. With ``since`` (a stream entry id, or ``-`` for everything kept), the stream is
+    replayed after that entry first; without it the tail starts at the stream's end.
     """
-    client = make_redis(settings.redis_url, pool_size=2, pool_timeout=5.0)
-    last = (0, -1)
+    stream = f"{settings.redis_prefix}:events"
+    last = _tail_start(since)
+    client = make_redis(settings.redis_url, pool_size=1, pool_timeout=5.0)
+    follower = asyncio.create_task(_follow_stream(client, stream, last))
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    signals = (signal.SIGTERM, signal.SIGINT)
+    for sig in signals:
+        with contextlib.suppress(NotImplementedError, RuntimeError):
+            loop.add_signal_handler(sig, stop.set)
+    stopping = asyncio.create_task(stop.wait())
     try:
-        async with client.pubsub(ignore_subscribe_messages=True) as pubsub:
-            await pubsub.subscribe(f"{settings.redis_prefix}:revocations")
-            if since is not None:
-                start = "-" if since in ("-", "0") else f"({since}"
-                stream = f"{settings.redis_prefix}:events"
-                entries = cast(list[tuple[str, dict[str, str]]], await client.xrange(stream, start))
-                for entry_id, fields in entries:
-                    event = {**json.loads(fields["event"]), "id": entry_id}
-                    print(json.dumps(event, separators=(",", ":")), flush=True)
-                    last = _stream_id(entry_id)
-            while True:
-                message = await pubsub.get_message(timeout=1.0)
-                if message is None:
-                    continue
-                data = message["data"]
-                try:
-                    entry = _stream_id(json.loads(data).get("id", ""))
-                except (ValueError, AttributeError):
-                    entry = (0, 0)
-                if entry > last:
-                    print(data, flush=True)
+        await asyncio.wait([follower, stopping], return_when=asyncio.FIRST_COMPLETED)
+        if follower.done():
+            follower.result()  # it only ends by failing: raise that
     finally:
+        for sig in signals:
+            with contextlib.suppress(NotImplementedError, RuntimeError):
+                loop.remove_signal_handler(sig)
+        await stop_tasks([follower, stopping])
         await client.aclose()
 
 
-def _stream_id(text: str) -> tuple[int, int]:
-    ms, _, seq = text.partition("-")
-    return int(ms), int(seq or 0)
+def _tail_start(since: str | None) -> str | None:
+    """The stream id to read after (None: the stream's end when the tail starts)."""
+    if since is None:
+        return None
+    if since in ("-", "0"):
+        return "0-0"
+    ms, sep, seq = since.partition("-")
+    if not ms.isdigit() or (sep and not seq.isdigit()):
+        raise TokendError(f"--from: not a stream entry id: {since!r} (use <ms>-<seq> or '-')")
+    return since
+
+
+async def _follow_stream(client: Redis, stream: str, last: str | None) -> None:
+    if last is None:
+        # A concrete id, not "$": "$" on every read would lose what arrives between reads.
+        top = cast(list[tuple[str, Any]], await client.xrevrange(stream, count=1))
+        last = top[0][0] if top else "0-0"
+    while True:
+        reply = cast(
+            list[tuple[str, list[tuple[str, dict[str, str]]]]],
+            await client.xread({stream: last}, count=TAIL_BATCH, block=TAIL_BLOCK_MS),
+        )
+        for _, entries in reply:
+            for entry_id, fields in entries:
+                last = entry_id
+                try:
+                    event = json.loads(fields.get("event", ""))
+                except ValueError:
+                    event = None
+                if not isinstance(event, dict):
+                    log.warning("stream entry %s is not an event; skipped", entry_id)
+                    continue
+                print(json.dumps({**event, "id": entry_id}, separators=(",", ":")), flush=True)
 
 
 def run_fast(main: Coroutine[Any, Any, None]) -> None:
