@@ -54,6 +54,13 @@ CONNECTIONS = 50
 MISS_TOKENS = 400
 MISS_CACHE = 100
 DEFAULT_ISSUER = "http://127.0.0.1:8080"
+# make_sessions logs one user in hundreds of times: past tokend's default per-user login
+# limit (60 per window) and session cap (100, the least recently used ended first).
+SESSION_LIMITS_OFF = {
+    **NO_LOGIN_LIMITS,
+    "TOKEND_LOGINS_PER_USER": "1000000",
+    "TOKEND_MAX_SESSIONS_PER_USER": "0",  # no cap
+}
 
 
 def example_missing() -> Section | None:
@@ -128,7 +135,7 @@ def verify_section(rounds: int, duration: float) -> Section:
                        script=script, env=env)
 
     for i in range(rounds):
-        with tokend_server(NO_LOGIN_LIMITS) as server, workdir("verify") as wd:
+        with tokend_server(SESSION_LIMITS_OFF) as server, workdir("verify") as wd:
             tokens = [b["access_token"] for b in asyncio.run(make_sessions(server.url,
                                                                              MISS_TOKENS))]
             token = tokens[0]
@@ -306,6 +313,22 @@ async def _add_revocations(prefix: str, n: int) -> None:
     await redis.aclose()
 
 
+async def _mark_epoch(prefix: str) -> None:
+    """Mark a fresh prefix as tokend does when it starts on a Redis (service/fence.py).
+
+    The listener is not ready while tokend's epoch marker ``<prefix>:epoch`` is missing
+    (it cannot tell a new Redis from one that lost its data), and no tokend runs on the
+    replay's prefix: without the marker every start below would wait forever.
+    """
+    import redis.asyncio as aioredis
+
+    redis = aioredis.Redis.from_url(REDIS_URL)
+    try:
+        await redis.set(f"{prefix}:epoch", 1, nx=True)
+    finally:
+        await redis.aclose()
+
+
 def _start_to_ready(prefix: str, cwd: Path) -> float:
     """Seconds from starting the example service to its /healthz 200 (replay done)."""
     port = free_port()
@@ -345,7 +368,7 @@ async def _listener_replay(prefix: str) -> tuple[float, int]:
 def revocation_section(rounds: int, revocations: int, events: int) -> Section:
     s = Section(f"4. Revocation propagation ({revocations:,} revocations) and replay of "
                 f"{events:,} missed events ({rounds} rounds)")
-    with tokend_server(NO_LOGIN_LIMITS) as server, example_service(server) as (example, _pid):
+    with tokend_server(SESSION_LIMITS_OFF) as server, example_service(server) as (example, _pid):
         since_at, since_send, first_poll, errors = asyncio.run(
             _propagation(server, example, revocations))
         listener = _listener_histogram(example)
@@ -378,6 +401,8 @@ def revocation_section(rounds: int, revocations: int, events: int) -> Section:
     for i in range(rounds):
         prefix = new_prefix("replay")
         try:
+            # Before any listener starts on it: not ready while the epoch marker is missing.
+            asyncio.run(_mark_epoch(prefix))
             with workdir("replay") as wd:
                 cold_empty.append(_start_to_ready(prefix, wd))
                 t0 = time.perf_counter()
