@@ -148,9 +148,14 @@ async def test_redis_cli_subscriber_sees_a_logout_as_one_json_line(
 
 
 async def measure_revocations(tokend: Any, example: ExampleService, n: int) -> None:
-    """Log in ``n`` sessions, then for each: logout at tokend, poll the example until 401."""
-    await register(tokend, "alice")
-    sessions = [await login(tokend, "alice") for _ in range(n)]
+    """Log in ``n`` sessions, then for each: logout at tokend, poll the example until 401.
+
+    The sessions are spread over users, 50 each: within the per-user session cap and the
+    per-user login limit."""
+    names = [f"user{i:03d}" for i in range((n + 49) // 50)]
+    for name in names:
+        await register(tokend, name)
+    sessions = [await login(tokend, names[i // 50]) for i in range(n)]
     for tokens in sessions[:30]:
         status, _, claims = await example.get("/protected", tokens["access_token"])
         assert status == 200
