@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import os
 import re
@@ -79,6 +80,9 @@ class Settings:
     key_rotation_period: int = 30 * 86_400
     key_publish_delay: int = 900
     trust_forwarded_for: bool = False
+    # Proxies whose X-Forwarded-For entries are believed; set, it implies
+    # trust_forwarded_for (see service.http.request.client_info).
+    trusted_proxies: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = ()
     worker_metrics_port: int = 0
     oauth_clients: Mapping[str, OAuthClient] = field(default_factory=dict)
     oidc_providers: Mapping[str, OIDCProvider] = field(default_factory=dict)
@@ -150,6 +154,7 @@ class Settings:
                 "TOKEND_KEY_PUBLISH_DELAY", cls.key_publish_delay, _non_negative
             ),
             trust_forwarded_for=r.get("TOKEND_TRUST_FORWARDED_FOR", False, _bool),
+            trusted_proxies=r.get("TOKEND_TRUSTED_PROXIES", (), _networks),
             worker_metrics_port=r.get("TOKEND_WORKER_METRICS_PORT", 0, _port),
             # Read-only views: a frozen Settings must not be changeable through its mappings.
             oauth_clients=MappingProxyType(r.get("TOKEND_OAUTH_CLIENTS", {}, _oauth_clients)),
@@ -235,6 +240,19 @@ def _bool(raw: str) -> bool:
     if lowered in ("0", "false", "no", "off"):
         return False
     raise ValueError(f"expected true or false, got {raw!r}")
+
+
+def _networks(raw: str) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]:
+    """Comma-separated CIDRs (a bare address is a /32 or /128); host bits must be zero."""
+    networks = []
+    for item in (part.strip() for part in raw.split(",")):
+        if not item:
+            continue
+        try:
+            networks.append(ipaddress.ip_network(item))
+        except ValueError as exc:
+            raise ValueError(f"expected CIDRs such as 10.0.0.0/8: {exc}") from None
+    return tuple(networks)
 
 
 def _nonempty(raw: str) -> str:

@@ -15,7 +15,7 @@ from __future__ import annotations
 import base64
 import binascii
 import hashlib
-import json
+import re
 import secrets
 from dataclasses import dataclass
 from typing import Any
@@ -24,6 +24,7 @@ import jwt
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
+from . import boundedjson
 from .errors import InvalidToken, TokenExpired
 from .keys import KeyRing
 
@@ -31,6 +32,12 @@ ACCESS_TYP = "at+jwt"
 REFRESH_TYP = "rt+jwt"
 REFRESH_ALG = "HS256"
 MAX_TOKEN_LENGTH = 4096
+# A token's header is a JSON object of at most this many bytes (tokend's own are about
+# 60) and levels (the object, and in it a "jwk" object or a "crit" list, which are then
+# refused for what they are): bounded before PyJWT's unbounded json.loads sees it.
+MAX_HEADER_BYTES = 1024
+MAX_HEADER_DEPTH = 2
+_JWS_SHAPE = re.compile(r"([A-Za-z0-9_-]+)\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]*={0,2}")
 # Headers that would make a verifier fetch or trust key material named by the token itself.
 _FORBIDDEN_HEADERS = frozenset({"jku", "x5u", "jwk", "x5c", "x5t", "x5t#S256"})
 _REQUIRED = ["exp", "iat", "iss", "aud", "sub", "jti", "sid"]
@@ -184,14 +191,22 @@ class TokenService:
 
 
 def _parse_header(token: str) -> dict[str, Any]:
+    """The header of a JWS-shaped token, checked before PyJWT parses it again: three
+    base64url segments (the signature may carry its padding, which PyJWT accepts), and a
+    header that is a JSON object within MAX_HEADER_BYTES and MAX_HEADER_DEPTH. Anything
+    else is "malformed token", never a RecursionError or ValueError from the json module."""
     if len(token) > MAX_TOKEN_LENGTH:
         raise InvalidToken("token too long")
-    head, sep, _ = token.partition(".")
-    if not sep:
+    shape = _JWS_SHAPE.fullmatch(token)
+    if shape is None:
         raise InvalidToken("malformed token")
+    head = shape.group(1)
     try:
-        header = json.loads(base64.urlsafe_b64decode(head + "=" * (-len(head) % 4)))
-    except (ValueError, binascii.Error):
+        raw = base64.urlsafe_b64decode(head + "=" * (-len(head) % 4))
+        if len(raw) > MAX_HEADER_BYTES:
+            raise InvalidToken("malformed token")
+        header = boundedjson.loads(raw.decode("utf-8"), max_depth=MAX_HEADER_DEPTH)
+    except (ValueError, binascii.Error):  # UnicodeDecodeError and JSONError are ValueErrors
         raise InvalidToken("malformed token") from None
     if not isinstance(header, dict):
         raise InvalidToken("malformed token")

@@ -25,8 +25,11 @@ not the verifier's business: the middleware checks the deny list after every ``v
 from __future__ import annotations
 
 import asyncio
+import base64
+import binascii
 import json
 import logging
+import re
 import time
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -157,6 +160,7 @@ class TokenVerifier:
             if cached is not None:
                 return cached
         self.cache_misses += 1
+        _check_shape(token)
         try:
             header = jwt.get_unverified_header(token)
         except jwt.PyJWTError:
@@ -362,6 +366,58 @@ def _parse_jwk(jwk: Any) -> tuple[str, jwt.PyJWK]:
     if alg == "RS256" and getattr(key.key, "key_size", 0) < 2048:
         raise ValueError(f"JWK {kid}: RSA key shorter than 2048 bits")
     return kid, key
+
+
+# Three base64url segments; the signature may carry the padding PyJWT accepts.
+_JWS_SHAPE = re.compile(r"([A-Za-z0-9_-]+)\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]*={0,2}")
+# A JSON string (an unterminated one runs to the end: the scan stays linear) or a bracket.
+_STRING_OR_BRACKET = re.compile(r'"[^"\\]*+(?:\\.[^"\\]*+)*+(?:"|\\?\Z)|[\[\]{}]', re.DOTALL)
+MAX_HEADER_BYTES = 1024
+# The header object, and in it at most one level more (a "jwk" or a "crit" list, refused
+# later with their own reason).
+MAX_HEADER_DEPTH = 2
+
+
+def _check_shape(token: str) -> None:
+    """InvalidToken("malformed token") unless the token is three base64url segments whose
+    header is a JSON object of at most MAX_HEADER_BYTES, MAX_HEADER_DEPTH levels and
+    integers of at most 64 digits (as tokend checks): PyJWT parses the header with an
+    unbounded json.loads, which raises RecursionError on deep nesting."""
+    shape = _JWS_SHAPE.fullmatch(token)
+    if shape is None:
+        raise InvalidToken("malformed token")
+    head = shape.group(1)
+    try:
+        raw = base64.urlsafe_b64decode(head + "=" * (-len(head) % 4))
+        text = raw.decode("utf-8")
+    except (ValueError, binascii.Error):
+        raise InvalidToken("malformed token") from None
+    if len(raw) > MAX_HEADER_BYTES or _depth(text) > MAX_HEADER_DEPTH:
+        raise InvalidToken("malformed token")
+    try:  # small and shallow now: only a number can still be out of bounds
+        header = json.loads(text, parse_int=_bounded_int)
+    except ValueError:
+        raise InvalidToken("malformed token") from None
+    if not isinstance(header, dict):
+        raise InvalidToken("malformed token")
+
+
+def _depth(text: str) -> int:
+    deepest = level = 0
+    for match in _STRING_OR_BRACKET.finditer(text):
+        char = match.group()
+        if char in "[{":
+            level += 1
+            deepest = max(deepest, level)
+        elif char in "]}":
+            level -= 1
+    return deepest
+
+
+def _bounded_int(literal: str) -> int:
+    if len(literal) > 64:
+        raise ValueError("integer too long")
+    return int(literal)
 
 
 def _describe(exc: jwt.PyJWTError) -> str:

@@ -46,7 +46,7 @@ async def login(request: web.Request) -> web.Response:
     pair = await request.app[AUTH].login(
         body.get("username"),
         body.get("password"),
-        client_info(request, trust_forwarded_for=settings.trust_forwarded_for),
+        client_info(request, settings),
     )
     return token_response(pair)
 
@@ -64,9 +64,7 @@ async def refresh(request: web.Request) -> web.Response:
     if not isinstance(token, str) or not token:
         raise BadRequest("refresh_token must be a string")
     settings = request.app[SETTINGS]
-    pair = await request.app[AUTH].refresh(
-        token, client_info(request, trust_forwarded_for=settings.trust_forwarded_for)
-    )
+    pair = await request.app[AUTH].refresh(token, client_info(request, settings))
     return token_response(pair)
 
 

@@ -36,11 +36,7 @@ async def _client_and_form(request: web.Request) -> tuple[OAuthClient, dict[str,
 @routes.post("/oauth/token")
 async def token(request: web.Request) -> web.Response:
     client, form = await _client_and_form(request)
-    origin = client_info(
-        request,
-        trust_forwarded_for=request.app[SETTINGS].trust_forwarded_for,
-        client_id=client.client_id,
-    )
+    origin = client_info(request, request.app[SETTINGS], client_id=client.client_id)
     metrics = request.app[METRICS]
     counter = metrics.refreshes if form.get("grant_type") == "refresh_token" else metrics.logins
     try:

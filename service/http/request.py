@@ -2,19 +2,24 @@
 
 from __future__ import annotations
 
-import json
+import ipaddress
 import re
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypeAlias
 from urllib.parse import parse_qsl
 
 from aiohttp import hdrs, web
 
+from .. import boundedjson
 from ..auth import ClientInfo
 from ..errors import BadRequest, PayloadTooLarge, Unauthorized, UnsupportedMediaType
+
+if TYPE_CHECKING:
+    from ..settings import Settings
 
 # RFC 6750 section 2.1 b64token
 _B64TOKEN = re.compile(r"[A-Za-z0-9\-._~+/]+=*")
 MAX_BODY = 64 * 1024
+_IPAddress: TypeAlias = ipaddress.IPv4Address | ipaddress.IPv6Address
 
 
 def bearer_token(request: web.Request, *, required: bool = True) -> str | None:
@@ -75,9 +80,11 @@ async def json_body(request: web.Request, *, optional: bool = False) -> dict[str
     if optional and not text.strip():
         return {}
     try:
-        value = json.loads(text)
-    except (json.JSONDecodeError, RecursionError):
-        raise BadRequest("body is not valid JSON") from None
+        value = boundedjson.loads(text)
+    except boundedjson.JSONError as exc:
+        raise BadRequest(
+            f"body is not valid JSON ({exc})" if str(exc) else "body is not valid JSON"
+        ) from None
     if not isinstance(value, dict):
         raise BadRequest("body must be a JSON object")
     if "\\u" in text and not _is_unicode(value):
@@ -121,20 +128,71 @@ async def form_body(request: web.Request) -> dict[str, str]:
     return form
 
 
-def client_info(
-    request: web.Request, *, trust_forwarded_for: bool, client_id: str = ""
-) -> ClientInfo:
+def client_info(request: web.Request, settings: Settings, *, client_id: str = "") -> ClientInfo:
     """The caller's IP and user agent as recorded on sessions and used by rate limits."""
-    ip = request.remote or ""
-    if trust_forwarded_for:
-        forwarded = request.headers.get("X-Forwarded-For", "")
-        if forwarded:
-            ip = forwarded.split(",")[0].strip()
     return ClientInfo(
-        ip=_fit(_text(ip), FIELD_BYTES),
+        ip=_fit(_text(client_ip(request, settings)), FIELD_BYTES),
         user_agent=shorten(_text(request.headers.get(hdrs.USER_AGENT, "")), FIELD_BYTES),
         client_id=client_id,
     )
+
+
+def client_ip(request: web.Request, settings: Settings) -> str:
+    """The client's address: the direct peer, or what trusted proxies say it was.
+
+    A proxy appends the address it saw to X-Forwarded-For, so only the right end of the
+    list is trustworthy; whatever lies left of it the client wrote itself.
+
+    - neither setting: the peer (the header means nothing);
+    - ``TOKEND_TRUST_FORWARDED_FOR=true`` alone: exactly one trusted proxy, the peer
+      (whatever its address): the right-most entry;
+    - ``TOKEND_TRUSTED_PROXIES`` set (it implies trust, whatever
+      ``TOKEND_TRUST_FORWARDED_FOR`` says): the header counts only when the peer is one
+      of them, and the client is the right-most entry that is not (all of them are: the
+      left-most).
+
+    An entry that is not a bare IP address (``ipaddress``; an address with a port or in
+    brackets is not) where the client should be refuses the header: the peer.
+    """
+    peer = request.remote or ""
+    trusted = settings.trusted_proxies
+    if not (trusted or settings.trust_forwarded_for):
+        return peer
+    values = request.headers.getall("X-Forwarded-For", [])
+    if not values:
+        return peer
+    if trusted and not _in(_address(peer), trusted):
+        return peer
+    chain = ",".join(values).split(",")
+    found: _IPAddress | None = None
+    for entry in reversed(chain):
+        address = _address(entry)
+        if address is None:  # garbage where the client (or a proxy) should be
+            return peer
+        found = address
+        if not _in(address, trusted):
+            break
+    return peer if found is None else str(found)
+
+
+def _address(text: str) -> _IPAddress | None:
+    """The address ``text`` spells; None unless it is a bare IPv4 or IPv6 address (an
+    IPv6 zone, ``%eth0``, is free text: refused too)."""
+    try:
+        address = ipaddress.ip_address(text.strip())
+    except ValueError:
+        return None
+    if isinstance(address, ipaddress.IPv6Address) and address.scope_id is not None:
+        return None
+    return address
+
+
+def _in(address: _IPAddress | None, networks: tuple[Any, ...]) -> bool:
+    if address is None:
+        return False
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        address = address.ipv4_mapped  # a dual-stack socket's spelling of an IPv4 peer
+    return any(address in network for network in networks)
 
 
 # Session fields stay within Redis's hash-max-listpack-value (64 bytes by default), so
