@@ -34,9 +34,7 @@ async def register(
     return body
 
 
-async def add_user(
-    client: TestClient[Any, Any], username: str, password: str = PASSWORD
-) -> None:
+async def add_user(client: TestClient[Any, Any], username: str, password: str = PASSWORD) -> None:
     """A user written straight to the user store, as ``tokend users add`` does: for tests
     where Redis (which counts registrations) is away."""
     from service.http.appkeys import AUTH, CLOCK
