@@ -35,7 +35,8 @@ async def authenticated(request: web.Request) -> Principal:
 @routes.post("/auth/register")
 async def register(request: web.Request) -> web.Response:
     body = await json_body(request)
-    user = await request.app[AUTH].register(body.get("username"), body.get("password"))
+    client = client_info(request, request.app[SETTINGS])
+    user = await request.app[AUTH].register(body.get("username"), body.get("password"), client.ip)
     return json_response({"id": user.id, "username": user.username}, status=201)
 
 
@@ -101,10 +102,15 @@ async def logout_all(request: web.Request) -> web.Response:
 @routes.get("/auth/sessions")
 async def list_sessions(request: web.Request) -> web.Response:
     principal = await authenticated(request)
+    limit = _int_param(request, "limit", 50, 1, MAX_PAGE)
+    offset = _int_param(request, "cursor", 0, 0, 1_000_000)
     auth = request.app[AUTH]
-    sessions = await auth.sessions.list_for_user(principal.user.id, request.app[CLOCK]())
+    sessions, next_offset = await auth.sessions.list_for_user(
+        principal.user.id, request.app[CLOCK](), limit=limit, offset=offset
+    )
     return json_response(
         {
+            "next_cursor": None if next_offset is None else str(next_offset),
             "sessions": [
                 {
                     "id": s.sid,
@@ -117,10 +123,23 @@ async def list_sessions(request: web.Request) -> web.Response:
                     "current": s.sid == principal.sid,
                 }
                 for s in sessions
-            ]
+            ],
         },
         headers=NO_STORE,
     )
+
+
+MAX_PAGE = 100
+
+
+def _int_param(request: web.Request, name: str, default: int, low: int, high: int) -> int:
+    """An integer query parameter within [low, high]; 400 otherwise."""
+    raw = request.query.get(name)
+    if raw is None:
+        return default
+    if not raw.isascii() or not raw.isdigit() or len(raw) > 7 or not low <= int(raw) <= high:
+        raise BadRequest(f"{name} must be an integer from {low} to {high}")
+    return int(raw)
 
 
 @routes.delete("/auth/sessions/{sid}")
@@ -146,6 +165,9 @@ async def change_password(request: web.Request) -> web.Response:
     principal = await authenticated(request)
     body = await json_body(request)
     revoked = await request.app[AUTH].change_password(
-        principal, body.get("current_password"), body.get("new_password")
+        principal,
+        body.get("current_password"),
+        body.get("new_password"),
+        client_info(request, request.app[SETTINGS]).ip,
     )
     return json_response({"revoked_sessions": revoked}, headers=NO_STORE)
