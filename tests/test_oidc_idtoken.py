@@ -245,6 +245,18 @@ async def test_alg_none_and_hmac_with_the_jwk_are_refused(fake: Any) -> None:
     await _refused(client, f"{head}.{other}.{sig}", "InvalidSignatureError")
 
 
+async def test_a_deeply_nested_id_token_is_refused_not_a_500(fake: Any) -> None:
+    """A hostile or broken provider: json.loads of 1,400 nested arrays raises
+    RecursionError; PyJWT (2.15) turns it into DecodeError, in the header and in a signed
+    payload, so the callback answers 400, not 500."""
+    provider, client, _ = await fake()
+    key = provider.add_key("ES256", "k1")
+    nested = ("[" * 1400 + "]" * 1400).encode()
+    await _refused(client, f"{_b64(nested)}.{_b64(b'{}')}.c2ln", "not a valid JWS")
+    signed = jwt.api_jws.encode(nested, key, algorithm="ES256", headers={"kid": "k1"})
+    await _refused(client, signed, "DecodeError")
+
+
 async def test_key_must_fit_the_algorithm(fake: Any) -> None:
     provider, client, _ = await fake()
     provider.add_key("RS256", "rsa")

@@ -319,7 +319,10 @@ class TokenVerifier:
             body = b"".join(chunks)
         if len(body) > MAX_JWKS_BYTES:
             raise JWKSUnavailable("JWKS document too large")
-        return json.loads(body)
+        try:
+            return json.loads(body)
+        except RecursionError:  # a deeply nested document: as unusable as bad JSON
+            raise JWKSUnavailable("JWKS document nested too deeply") from None
 
 
 def _parse_jwks(document: Any) -> dict[str, tuple[str, jwt.PyJWK]]:

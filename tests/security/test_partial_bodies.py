@@ -138,3 +138,26 @@ async def test_an_oversized_oidc_answer_in_several_segments_is_still_refused(slo
         )
         with pytest.raises(ProviderUnavailable, match="more than"):
             await client.discovery()
+
+
+async def test_a_deeply_nested_jwks_is_unavailable_not_an_error(
+    make_client, aiohttp_server
+) -> None:
+    """json.loads of 5,000 nested arrays raises RecursionError, which is no ValueError:
+    the verifier answers JWKSUnavailable (the middleware's 503), as for any bad JWKS."""
+    tokend = await make_client()
+    tokens = await register_and_login(tokend)
+    app = web.Application()
+    nested = "[" * 5000 + "]" * 5000
+
+    async def jwks(request: web.Request) -> web.Response:
+        return web.Response(text=nested, content_type="application/json")
+
+    app.router.add_get("/jwks.json", jwks)
+    server = await aiohttp_server(app)
+    verifier = TokenVerifier(str(server.make_url("/jwks.json")), issuer=ISSUER, audience="tokend")
+    try:
+        with pytest.raises(JWKSUnavailable):
+            await verifier.verify(tokens["access_token"])
+    finally:
+        await verifier.close()
