@@ -1,6 +1,7 @@
 """examples/protected_service.py as a separate process against a real tokend and Redis.
 
-Delays are measured and printed (run with -s), never asserted.
+Delays are printed (run with -s) and held to generous bounds that a busy machine meets
+(the benchmark in bench/ keeps the tight figures).
 """
 
 from __future__ import annotations
@@ -27,6 +28,10 @@ from tests.helpers import bearer, login, register, unverified
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLE = ROOT / "examples" / "protected_service.py"
 START_TIMEOUT = 20
+# logout sent → first 401 at the example service, over a thousand revocations (ms); the
+# benchmark measures a median near 1 ms and a p99 near 2 ms on a quiet machine
+PROPAGATION_MEDIAN_MS = 50
+PROPAGATION_P99_MS = 250
 
 
 class ExampleService:
@@ -147,8 +152,10 @@ async def test_redis_cli_subscriber_sees_a_logout_as_one_json_line(
         await proc.wait()
 
 
-async def measure_revocations(tokend: Any, example: ExampleService, n: int) -> None:
+async def measure_revocations(tokend: Any, example: ExampleService, n: int) -> list[float]:
     """Log in ``n`` sessions, then for each: logout at tokend, poll the example until 401.
+
+    Returns each revocation's delay from the logout being sent to the first 401, in ms.
 
     The sessions are spread over users, 50 each: within the per-user session cap and the
     per-user login limit."""
@@ -189,19 +196,21 @@ async def measure_revocations(tokend: Any, example: ExampleService, n: int) -> N
         if s.labels.get("source") == "live" and not s.name.endswith("_bucket")
     }
 
-    def q(values: list[float], p: float) -> float:
-        return sorted(values)[min(len(values) - 1, int(p * len(values)))]
-
     print(
         f"\n{n} logouts at tokend → 401 at the example service (ms):"
         f"\n  logout sent → first 401:      median {statistics.median(end_to_end):.2f}"
-        f"  p99 {q(end_to_end, 0.99):.2f}  max {max(end_to_end):.2f}"
+        f"  p99 {_quantile(end_to_end, 0.99):.2f}  max {max(end_to_end):.2f}"
         f"\n  logout answered → first 401:  median {statistics.median(after_response):.2f}"
-        f"  p99 {q(after_response, 0.99):.2f}  max {max(after_response):.2f}"
+        f"  p99 {_quantile(after_response, 0.99):.2f}  max {max(after_response):.2f}"
         f"\n  rejected on the first poll after the logout answer: {first_poll}/{n}"
         f"\n  listener's own event 'at' → applied: mean "
         f"{hist['tokend_listener_propagation_seconds_sum'] / n * 1000:.2f}"
     )
+    return end_to_end
+
+
+def _quantile(values: list[float], p: float) -> float:
+    return sorted(values)[min(len(values) - 1, int(p * len(values)))]
 
 
 async def test_logout_is_rejected_by_the_example_service(tokend, example) -> None:
@@ -212,7 +221,10 @@ async def test_logout_is_rejected_by_the_example_service(tokend, example) -> Non
 @pytest.mark.slow
 async def test_propagation_delay_over_a_thousand_revocations(tokend, example) -> None:
     await example.start()
-    await measure_revocations(tokend, example, 1000)
+    delays = await measure_revocations(tokend, example, 1000)
+    assert len(delays) == 1000
+    assert statistics.median(delays) < PROPAGATION_MEDIAN_MS, statistics.median(delays)
+    assert _quantile(delays, 0.99) < PROPAGATION_P99_MS, _quantile(delays, 0.99)
 
 
 async def test_sessions_revoked_while_stopped_are_rejected_after_restart(tokend, example) -> None:
