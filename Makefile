@@ -3,19 +3,27 @@ PYTHON ?= python3.11
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+# written by scripts/test-setup.sh: the TOKEND_TEST_POSTGRES_URL it detected
+TEST_ENV := $(VENV)/test.env
+# pip without its notices; PYTHONWARNINGS reaches the build backend (setuptools'
+# deprecation banners); errors still show
+PIP := PIP_ROOT_USER_ACTION=ignore PIP_DISABLE_PIP_VERSION_CHECK=1 PYTHONWARNINGS=ignore \
+	$(BIN)/python -m pip install -qq
 
-.PHONY: run test lint mypy audit pytest install bench clean
+.PHONY: run test setup lint mypy audit pytest install bench clean
 
 $(STAMP): pyproject.toml
-	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -m pip install -q -e '.[test]'
+	@test -x $(BIN)/python || { echo "make: creating $(VENV) with $(PYTHON)"; $(PYTHON) -m venv $(VENV); }
+	@echo "make: installing tokend and its dependencies into $(VENV)"
+	@$(PIP) --upgrade pip
+	@$(PIP) -e '.[test]'
 	@touch $(STAMP)
 
 install: $(STAMP)
 
 run: $(STAMP)
-	$(BIN)/tokend dev
+	@echo "make: starting tokend dev (migrations, then API and workers; Ctrl-C stops it)"
+	@$(BIN)/tokend dev
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
@@ -29,10 +37,15 @@ mypy: $(STAMP)
 audit: $(STAMP)
 	$(BIN)/python .ci/audit.py
 
-pytest: $(STAMP)
-	$(BIN)/pytest
+# PostgreSQL, Redis, docker-compose, the test database and the OpenID provider's npm
+# packages: everything the suite needs besides the virtualenv (quick when all is there)
+setup: $(STAMP)
+	@scripts/test-setup.sh
 
-test: lint mypy audit pytest
+pytest: setup
+	@set -a && . ./$(TEST_ENV) && set +a && $(BIN)/pytest
+
+test: setup lint mypy audit pytest
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache
