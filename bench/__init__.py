@@ -1,4 +1,4 @@
-"""Benchmarks of issue 6: ``python -m bench all`` (see __main__.py).
+"""tokend's benchmarks: ``python -m bench all`` (see __main__.py).
 
     harness.py         processes on free ports, tokend, sessions, wrk, statistics
     contenders.py      the refresh contenders (tokend, peers, ceilings), one process each

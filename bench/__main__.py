@@ -1,4 +1,4 @@
-"""tokend against its peers and ceilings, in one command (issue 6).
+"""tokend against its peers and ceilings, in one command.
 
     .venv/bin/pip install -e '.[bench,test]'
     .venv/bin/python -m bench all --rounds 3 --out bench/RESULTS.md
@@ -75,7 +75,7 @@ def main() -> None:
     started = time.monotonic()
     commit = git_state()
     header = "\n".join([
-        "# tokend benchmarks (issue 6)",
+        "# tokend benchmarks",
         "",
         f"- command: `{shlex.join(['.venv/bin/python', '-m', 'bench', *sys.argv[1:]])}`",
         f"- date: {datetime.datetime.now(datetime.UTC):%Y-%m-%d %H:%M} UTC",

@@ -39,7 +39,7 @@ class Section:
     def markdown(self) -> str:
         out = [f"## {self.title}", "", *self.lines]
         if self.targets:
-            out += ["", "| target (issue 6) | measured | verdict |", "|---|---|---|"]
+            out += ["", "| target | measured | verdict |", "|---|---|---|"]
             out += [f"| {t.goal} | {t.measured} | {t.verdict} |" for t in self.targets]
         return "\n".join(out).rstrip() + "\n"
 
@@ -48,7 +48,7 @@ def targets_summary(sections: Sequence[Section]) -> str:
     rows = [t for s in sections for t in s.targets]
     met = sum(1 for t in rows if t.met)
     out = [
-        "## Targets of issue 6",
+        "## Targets",
         "",
         f"{met} of {len(rows)} met.",
         "",
