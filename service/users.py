@@ -16,7 +16,10 @@ from .errors import Conflict, ValidationFailed
 from .models import UserRow
 
 # ASCII only: unicode usernames invite homoglyph impersonation (a Cyrillic "a" in "admin").
-_USERNAME = re.compile(r"[a-z0-9][a-z0-9._@+-]{2,63}")
+USERNAME_MIN, USERNAME_MAX = 3, 64
+# After case-folding; the OpenAPI document publishes it (with upper case allowed).
+USERNAME_PATTERN = f"[a-z0-9][a-z0-9._@+-]{{{USERNAME_MIN - 1},{USERNAME_MAX - 1}}}"
+_USERNAME = re.compile(USERNAME_PATTERN)
 
 
 @dataclass(frozen=True)
@@ -35,7 +38,7 @@ def normalize_username(raw: object) -> str:
         raise ValidationFailed("username is required")
     if not isinstance(raw, str):
         raise ValidationFailed("username must be a string")
-    if len(raw) > 64:
+    if len(raw) > USERNAME_MAX:
         raise ValidationFailed("username must be 3 to 64 characters")
     name = unicodedata.normalize("NFKC", raw).strip().lower()
     if not _USERNAME.fullmatch(name):

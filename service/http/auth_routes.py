@@ -5,8 +5,9 @@ from __future__ import annotations
 from aiohttp import web
 
 from ..auth import Principal, TokenPair
-from ..errors import BadRequest, NotFound
-from .appkeys import AUTH, CLOCK, METRICS, SETTINGS
+from ..errors import BadRequest
+from .apidoc import auth as spec
+from .appkeys import AUTH, SETTINGS
 from .request import bearer_token, client_info, json_body
 from .responses import json_response
 
@@ -29,22 +30,26 @@ async def authenticated(request: web.Request) -> Principal:
     """The verified caller of a protected resource (RFC 6750 errors otherwise)."""
     token = bearer_token(request)
     assert token is not None
-    return await request.app[AUTH].authenticate(token)
+    return await request.app[AUTH].callers.authenticate(token)
 
 
 @routes.post("/auth/register")
+@spec.register
 async def register(request: web.Request) -> web.Response:
     body = await json_body(request)
     client = client_info(request, request.app[SETTINGS])
-    user = await request.app[AUTH].register(body.get("username"), body.get("password"), client.ip)
+    user = await request.app[AUTH].registration.register(
+        body.get("username"), body.get("password"), client.ip
+    )
     return json_response({"id": user.id, "username": user.username}, status=201)
 
 
 @routes.post("/auth/login")
+@spec.login
 async def login(request: web.Request) -> web.Response:
     body = await json_body(request)
     settings = request.app[SETTINGS]
-    pair = await request.app[AUTH].login(
+    pair = await request.app[AUTH].logins.login(
         body.get("username"),
         body.get("password"),
         client_info(request, settings),
@@ -53,6 +58,7 @@ async def login(request: web.Request) -> web.Response:
 
 
 @routes.post("/auth/refresh")
+@spec.refresh
 async def refresh(request: web.Request) -> web.Response:
     header_token = bearer_token(request, required=False)
     body = await json_body(request, optional=True) if request.body_exists else {}
@@ -65,11 +71,12 @@ async def refresh(request: web.Request) -> web.Response:
     if not isinstance(token, str) or not token:
         raise BadRequest("refresh_token must be a string")
     settings = request.app[SETTINGS]
-    pair = await request.app[AUTH].refresh(token, client_info(request, settings))
+    pair = await request.app[AUTH].refreshes.refresh(token, client_info(request, settings))
     return token_response(pair)
 
 
 @routes.get("/auth/me")
+@spec.me
 async def me(request: web.Request) -> web.Response:
     principal = await authenticated(request)
     return json_response(
@@ -84,29 +91,29 @@ async def me(request: web.Request) -> web.Response:
 
 
 @routes.post("/auth/logout")
+@spec.logout
 async def logout(request: web.Request) -> web.Response:
     principal = await authenticated(request)
-    await request.app[AUTH].logout(principal)
-    request.app[METRICS].revocations.labels("logout").inc()
+    await request.app[AUTH].session_control.logout(principal)
     return web.Response(status=204)
 
 
 @routes.post("/auth/logout-all")
+@spec.logout_all
 async def logout_all(request: web.Request) -> web.Response:
     principal = await authenticated(request)
-    await request.app[AUTH].logout_all(principal)
-    request.app[METRICS].revocations.labels("logout_all").inc()
+    await request.app[AUTH].session_control.logout_all(principal)
     return web.Response(status=204)
 
 
 @routes.get("/auth/sessions")
+@spec.list_sessions
 async def list_sessions(request: web.Request) -> web.Response:
     principal = await authenticated(request)
     limit = _int_param(request, "limit", 50, 1, MAX_PAGE)
     offset = _int_param(request, "cursor", 0, 0, 1_000_000)
-    auth = request.app[AUTH]
-    sessions, next_offset = await auth.sessions.list_for_user(
-        principal.user.id, request.app[CLOCK](), limit=limit, offset=offset
+    sessions, next_offset = await request.app[AUTH].session_control.list(
+        principal, limit=limit, offset=offset
     )
     return json_response(
         {
@@ -143,28 +150,19 @@ def _int_param(request: web.Request, name: str, default: int, low: int, high: in
 
 
 @routes.delete("/auth/sessions/{sid}")
+@spec.delete_session
 async def delete_session(request: web.Request) -> web.Response:
     principal = await authenticated(request)
-    sid = request.match_info["sid"]
-    auth = request.app[AUTH]
-    revoked = await auth.sessions.revoke(
-        sid=sid,
-        now=request.app[CLOCK](),
-        reason="session_deleted",
-        owner=principal.user.id,
-        force=sid == principal.sid,
-    )
-    if not revoked:
-        raise NotFound("no such session")
-    request.app[METRICS].revocations.labels("session_deleted").inc()
+    await request.app[AUTH].session_control.delete(principal, request.match_info["sid"])
     return web.Response(status=204)
 
 
 @routes.post("/auth/password")
+@spec.change_password
 async def change_password(request: web.Request) -> web.Response:
     principal = await authenticated(request)
     body = await json_body(request)
-    revoked = await request.app[AUTH].change_password(
+    revoked = await request.app[AUTH].accounts.change_password(
         principal,
         body.get("current_password"),
         body.get("new_password"),

@@ -25,8 +25,10 @@ from ..identities import SqlIdentityStore
 from ..oidc import HTTP_TIMEOUT, ProviderClient
 from ..oidc_flow import STATE_TTL, SocialLogin, check_code_challenge, with_query
 from ..settings import Settings
+from .apidoc import oidc as spec
 from .appkeys import AUTH, CLOCK, ENGINE, OIDC, REDIS, SETTINGS
 from .auth_routes import NO_STORE, authenticated, token_response
+from .errors import code_of
 from .request import client_info, json_body
 
 routes = web.RouteTableDef()
@@ -108,6 +110,7 @@ def _to_provider(request: web.Request, url: str, browser: str) -> web.Response:
 
 
 @routes.get("/auth/oidc/{provider}/login", allow_head=False)
+@spec.login
 async def login(request: web.Request) -> web.Response:
     flow = request.app[OIDC]
     name = request.match_info["provider"]
@@ -130,6 +133,7 @@ async def login(request: web.Request) -> web.Response:
 
 
 @routes.get("/auth/oidc/{provider}/link/start", allow_head=False)
+@spec.link_start
 async def link_start(request: web.Request) -> web.Response:
     """The caller's browser, by a top-level navigation, takes up a link ticket: the flow is
     bound to this browser's cookie from here on, then 302 to the provider."""
@@ -148,6 +152,7 @@ async def link_start(request: web.Request) -> web.Response:
 
 
 @routes.get("/auth/oidc/{provider}/callback", allow_head=False)
+@spec.callback
 async def callback(request: web.Request) -> web.Response:
     flow = request.app[OIDC]
     params = _single_params(request)
@@ -174,19 +179,20 @@ async def callback(request: web.Request) -> web.Response:
             return _redirect(with_query(pending.return_to, login_code=code))
         return token_response(await flow.start_session(user, client, checked_at=checked_at))
     except TokendError as exc:
-        request.app[AUTH].metrics.logins.labels("oidc_failed").inc()
+        request.app[AUTH].logins.social_failed()
         if not pending.return_to:
             raise
         return _redirect(
             with_query(
                 pending.return_to,
-                error=exc.code or "access_denied",
+                error=code_of(type(exc)) or "access_denied",
                 error_description=exc.description,
             )
         )
 
 
 @routes.post("/auth/oidc/exchange")
+@spec.exchange
 async def exchange(request: web.Request) -> web.Response:
     body = await json_body(request)
     pair = await request.app[OIDC].redeem_login_code(
@@ -196,6 +202,7 @@ async def exchange(request: web.Request) -> web.Response:
 
 
 @routes.post("/auth/oidc/link/confirm")
+@spec.link_confirm
 async def link_confirm(request: web.Request) -> web.Response:
     """Confirm a link_code with the Bearer token of the session that asked for the link."""
     principal = await authenticated(request)
@@ -207,6 +214,7 @@ async def link_confirm(request: web.Request) -> web.Response:
 
 
 @routes.post("/auth/oidc/{provider}/link")
+@spec.link
 async def link(request: web.Request) -> web.Response:
     """Start linking a provider account to the caller: a tokend URL (with a one-time
     ticket, LINK_TICKET_TTL seconds) to send the caller's own browser to."""
@@ -224,6 +232,7 @@ async def link(request: web.Request) -> web.Response:
 
 
 @routes.get("/auth/identities")
+@spec.list_identities
 async def list_identities(request: web.Request) -> web.Response:
     principal = await authenticated(request)
     identities = await request.app[OIDC].identities.list_for_user(principal.user.id)
@@ -244,6 +253,7 @@ async def list_identities(request: web.Request) -> web.Response:
 
 
 @routes.delete("/auth/identities/{provider}")
+@spec.unlink
 async def unlink(request: web.Request) -> web.Response:
     principal = await authenticated(request)
     await request.app[OIDC].identities.unlink(principal.user.id, request.match_info["provider"])

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from aiohttp import web
 
+from .apidoc import discovery as spec
 from .appkeys import CLOCK, KEYRING, SETTINGS
 from .responses import json_response
 
@@ -11,6 +12,7 @@ routes = web.RouteTableDef()
 
 
 @routes.get("/.well-known/jwks.json")
+@spec.jwks
 async def jwks(request: web.Request) -> web.Response:
     keys = request.app[KEYRING].jwks(request.app[CLOCK]())
     # Short public caching: subscribers pick up a new key within a minute.
@@ -18,6 +20,7 @@ async def jwks(request: web.Request) -> web.Response:
 
 
 @routes.get("/.well-known/oauth-authorization-server")
+@spec.metadata
 async def metadata(request: web.Request) -> web.Response:
     settings = request.app[SETTINGS]
     base = settings.issuer
