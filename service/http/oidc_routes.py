@@ -28,7 +28,6 @@ from ..settings import Settings
 from .apidoc import oidc as spec
 from .appkeys import AUTH, CLOCK, ENGINE, OIDC, REDIS, SETTINGS
 from .auth_routes import NO_STORE, authenticated, token_response
-from .errors import code_of
 from .request import client_info, json_body
 
 routes = web.RouteTableDef()
@@ -179,13 +178,13 @@ async def callback(request: web.Request) -> web.Response:
             return _redirect(with_query(pending.return_to, login_code=code))
         return token_response(await flow.start_session(user, client, checked_at=checked_at))
     except TokendError as exc:
-        request.app[AUTH].logins.social_failed()
+        request.app[AUTH].metrics.logins.labels("oidc_failed").inc()
         if not pending.return_to:
             raise
         return _redirect(
             with_query(
                 pending.return_to,
-                error=code_of(type(exc)) or "access_denied",
+                error=exc.code or "access_denied",
                 error_description=exc.description,
             )
         )
