@@ -5,7 +5,7 @@ grants (sections 4.3 and 6), token revocation (RFC 7009) and introspection (RFC 
 The routes in ``service.http.oauth_routes`` hand in the form and the ``Authorization``
 header value; everything here raises tokend errors that the middleware renders.
 
-Choices where the RFCs leave one (README and the issue's closing note repeat them):
+Choices where the RFCs leave one (the README repeats them):
 
 - A public client may identify itself by ``client_id`` in the body (``none``) or by
   Basic credentials with an empty secret; a confidential client must present its secret.
@@ -32,7 +32,8 @@ from dataclasses import replace
 from typing import Any, Literal
 from urllib.parse import unquote_plus
 
-from .auth import Authenticator, ClientInfo, TokenPair
+from .callers import Callers
+from .clock import Clock
 from .errors import (
     BadRequest,
     InvalidClient,
@@ -43,13 +44,16 @@ from .errors import (
     UnauthorizedClient,
     UnsupportedGrantType,
 )
+from .issuing import ClientInfo, TokenPair
+from .login import Login
+from .refresh import Refresh
+from .session_control import SessionControl
 from .settings import OAuthClient
-from .tokens import REFRESH_TYP
+from .tokens import REFRESH_TYP, TokenService
 
 TokenKind = Literal["access_token", "refresh_token"]
 TOKEN_KINDS: tuple[TokenKind, ...] = ("access_token", "refresh_token")
 INACTIVE: dict[str, Any] = {"active": False}
-REVOKE_REASON = "oauth_revoke"
 MAX_SCOPE_LENGTH = 1024
 # RFC 6749 section 3.3: scope-token = 1*( %x21 / %x23-5B / %x5D-7E )
 _SCOPE_TOKEN = re.compile(r"[\x21\x23-\x5b\x5d-\x7e]+")
@@ -168,23 +172,28 @@ def parse_scope(raw: str | None) -> str | None:
     return " ".join(dict.fromkeys(tokens))
 
 
-def narrow_scope(granted: str, requested: str) -> str:
-    """The requested scope if it is within the granted one (RFC 6749 section 6)."""
-    allowed = set(granted.split())
-    extra = [t for t in requested.split() if t not in allowed]
-    if extra:
-        raise InvalidScope(f"scope not granted originally: {' '.join(extra)}")
-    return requested
-
-
 # -- the endpoints' use cases -----------------------------------------------------------
 
 
 class OAuthServer:
-    """The token, revocation and introspection use cases on top of the Authenticator."""
+    """The token, revocation and introspection use cases for authenticated clients."""
 
-    def __init__(self, auth: Authenticator) -> None:
-        self.auth = auth
+    def __init__(
+        self,
+        *,
+        logins: Login,
+        refreshes: Refresh,
+        callers: Callers,
+        session_control: SessionControl,
+        tokens: TokenService,
+        clock: Clock,
+    ) -> None:
+        self.logins = logins
+        self.refreshes = refreshes
+        self.callers = callers
+        self.session_control = session_control
+        self.tokens = tokens
+        self.clock = clock
 
     async def token(
         self, client: OAuthClient, form: Mapping[str, str], origin: ClientInfo
@@ -205,7 +214,7 @@ class OAuthServer:
         password = require(form, "password")
         scope = parse_scope(form.get("scope")) or ""
         try:
-            return await self.auth.login(
+            return await self.logins.login(
                 username, password, replace(origin, client_id=client.client_id), scope
             )
         except InvalidCredentials as exc:
@@ -214,90 +223,52 @@ class OAuthServer:
     async def refresh_grant(
         self, client: OAuthClient, form: Mapping[str, str], origin: ClientInfo
     ) -> TokenPair:
-        """Rotate a refresh token issued to this client (RFC 6749 section 6)."""
+        """Rotate a refresh token issued to this client (RFC 6749 section 6); a scope
+        narrows the new access token's, never widens it."""
         token = require(form, "refresh_token")
         requested = parse_scope(form.get("scope"))
-        tokens = self.auth.tokens
         try:
-            claims = tokens.verify_refresh(token, self.auth.clock())
-            if claims.get("client_id", "") != client.client_id:
-                raise InvalidToken("refresh token was issued to another client")
-            if requested is not None:
-                # Refuse a widening before the rotation consumes the presented token.
-                grant = await self.auth.sessions.live_grant(
-                    sid=claims["sid"], jti=claims["jti"], now=self.auth.clock()
-                )
-                if grant is not None:
-                    narrow_scope(grant.scope, requested)
-            pair = await self.auth.refresh(token, replace(origin, client_id=client.client_id))
+            return await self.refreshes.refresh(
+                token, replace(origin, client_id=client.client_id), requested
+            )
         except InvalidToken as exc:
             raise InvalidGrant(exc.description) from None
-        if requested is None or requested == pair.scope:
-            return pair
-        scope = narrow_scope(pair.scope, requested)
-        access = tokens.issue_access(
-            sub=pair.sub,
-            sid=pair.sid,
-            now=self.auth.clock(),
-            client_id=client.client_id or None,
-            scope=scope,
-        )
-        return replace(pair, access_token=access.token, scope=scope)
 
     async def revoke(self, client: OAuthClient, token: str, hint: str | None) -> TokenKind | None:
         """Revoke a token (RFC 7009); which kind was revoked, None for an invalid token."""
-        now = self.auth.clock()
-        found = self._identify(token, hint, now)
+        found = self._identify(token, hint, self.clock())
         if found is None:
             return None
         kind, claims = found
         owner = claims.get("client_id")
         if owner is not None and owner != client.client_id:
             raise UnauthorizedClient("token was issued to another client")
-        sessions = self.auth.sessions
         if kind == "refresh_token":
-            # A session whose state is gone was revoked already (its access tokens are
-            # denied) or has expired (then so has this token): nothing to add.
-            await sessions.revoke(
-                sid=claims["sid"], now=now, reason=REVOKE_REASON, owner=claims["sub"]
-            )
+            await self.session_control.revoke_refresh_token(claims)
         else:
-            await sessions.revoke_access_token(
-                jti=claims["jti"],
-                sub=claims["sub"],
-                sid=claims["sid"],
-                exp=claims["exp"],
-                now=now,
-                reason=REVOKE_REASON,
-            )
+            await self.session_control.revoke_access_token(claims)
         return kind
 
     async def introspect(self, token: str, hint: str | None) -> dict[str, Any]:
         """The RFC 7662 answer: the token's claims when active, else only active=false."""
-        now = self.auth.clock()
-        found = self._identify(token, hint, now)
+        found = self._identify(token, hint, self.clock())
         if found is None:
             return dict(INACTIVE)
         kind, claims = found
         if kind == "access_token":
             try:
-                principal = await self.auth.authenticate(token)
+                principal = await self.callers.authenticate(token)
             except InvalidToken:
                 return dict(INACTIVE)
             username = principal.user.username
             token_type = "Bearer"
         else:
-            grant = await self.auth.sessions.live_grant(
-                sid=claims["sid"], jti=claims["jti"], now=now
-            )
-            if grant is None or grant.uid != claims["sub"]:
+            holder = await self.callers.refresh_holder(claims)
+            if holder is None:
                 return dict(INACTIVE)
-            user = await self.auth.users.by_id(grant.uid)
-            if user is None or user.disabled:
-                return dict(INACTIVE)
-            username = user.username
+            username = holder[0].username
             token_type = "refresh_token"
-            claims = {**claims, "scope": grant.scope}
+            claims = {**claims, "scope": holder[1]}
         body: dict[str, Any] = {"active": True, "token_type": token_type, "username": username}
         for name in ("scope", "client_id", "sub", "aud", "iss", "exp", "iat", "jti", "sid"):
             if claims.get(name):
@@ -315,11 +286,11 @@ class OAuthServer:
         first: TokenKind
         if hint in TOKEN_KINDS:
             first = "refresh_token" if hint == "refresh_token" else "access_token"
-        elif self.auth.tokens.peek_type(token) == REFRESH_TYP:
+        elif self.tokens.peek_type(token) == REFRESH_TYP:
             first = "refresh_token"
         else:
             first = "access_token"
-        tokens = self.auth.tokens
+        tokens = self.tokens
         for kind in sorted(TOKEN_KINDS, key=lambda k: k != first):
             try:
                 if kind == "access_token":

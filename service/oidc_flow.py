@@ -308,9 +308,7 @@ class SocialLogin:
         self, user: User, client: ClientInfo, *, checked_at: float | None
     ) -> TokenPair:
         """tokend's own session for a user who logged in at a provider."""
-        pair = await self.auth.start_session(user, client, checked_at=checked_at)
-        self.auth.metrics.logins.labels("oidc").inc()
-        return pair
+        return await self.auth.logins.social(user, client, checked_at=checked_at)
 
     async def issue_login_code(
         self, user: User, client: ClientInfo, *, checked_at: float, code_challenge: str | None

@@ -5,9 +5,9 @@ from __future__ import annotations
 from aiohttp import web
 
 from ..auth import Principal, TokenPair
-from ..errors import BadRequest, NotFound
+from ..errors import BadRequest
 from .apidoc import auth as spec
-from .appkeys import AUTH, CLOCK, METRICS, SETTINGS
+from .appkeys import AUTH, SETTINGS
 from .request import bearer_token, client_info, json_body
 from .responses import json_response
 
@@ -30,7 +30,7 @@ async def authenticated(request: web.Request) -> Principal:
     """The verified caller of a protected resource (RFC 6750 errors otherwise)."""
     token = bearer_token(request)
     assert token is not None
-    return await request.app[AUTH].authenticate(token)
+    return await request.app[AUTH].callers.authenticate(token)
 
 
 @routes.post("/auth/register")
@@ -38,7 +38,9 @@ async def authenticated(request: web.Request) -> Principal:
 async def register(request: web.Request) -> web.Response:
     body = await json_body(request)
     client = client_info(request, request.app[SETTINGS])
-    user = await request.app[AUTH].register(body.get("username"), body.get("password"), client.ip)
+    user = await request.app[AUTH].registration.register(
+        body.get("username"), body.get("password"), client.ip
+    )
     return json_response({"id": user.id, "username": user.username}, status=201)
 
 
@@ -47,7 +49,7 @@ async def register(request: web.Request) -> web.Response:
 async def login(request: web.Request) -> web.Response:
     body = await json_body(request)
     settings = request.app[SETTINGS]
-    pair = await request.app[AUTH].login(
+    pair = await request.app[AUTH].logins.login(
         body.get("username"),
         body.get("password"),
         client_info(request, settings),
@@ -69,7 +71,7 @@ async def refresh(request: web.Request) -> web.Response:
     if not isinstance(token, str) or not token:
         raise BadRequest("refresh_token must be a string")
     settings = request.app[SETTINGS]
-    pair = await request.app[AUTH].refresh(token, client_info(request, settings))
+    pair = await request.app[AUTH].refreshes.refresh(token, client_info(request, settings))
     return token_response(pair)
 
 
@@ -92,8 +94,7 @@ async def me(request: web.Request) -> web.Response:
 @spec.logout
 async def logout(request: web.Request) -> web.Response:
     principal = await authenticated(request)
-    await request.app[AUTH].logout(principal)
-    request.app[METRICS].revocations.labels("logout").inc()
+    await request.app[AUTH].session_control.logout(principal)
     return web.Response(status=204)
 
 
@@ -101,8 +102,7 @@ async def logout(request: web.Request) -> web.Response:
 @spec.logout_all
 async def logout_all(request: web.Request) -> web.Response:
     principal = await authenticated(request)
-    await request.app[AUTH].logout_all(principal)
-    request.app[METRICS].revocations.labels("logout_all").inc()
+    await request.app[AUTH].session_control.logout_all(principal)
     return web.Response(status=204)
 
 
@@ -112,9 +112,8 @@ async def list_sessions(request: web.Request) -> web.Response:
     principal = await authenticated(request)
     limit = _int_param(request, "limit", 50, 1, MAX_PAGE)
     offset = _int_param(request, "cursor", 0, 0, 1_000_000)
-    auth = request.app[AUTH]
-    sessions, next_offset = await auth.sessions.list_for_user(
-        principal.user.id, request.app[CLOCK](), limit=limit, offset=offset
+    sessions, next_offset = await request.app[AUTH].session_control.list(
+        principal, limit=limit, offset=offset
     )
     return json_response(
         {
@@ -154,18 +153,7 @@ def _int_param(request: web.Request, name: str, default: int, low: int, high: in
 @spec.delete_session
 async def delete_session(request: web.Request) -> web.Response:
     principal = await authenticated(request)
-    sid = request.match_info["sid"]
-    auth = request.app[AUTH]
-    revoked = await auth.sessions.revoke(
-        sid=sid,
-        now=request.app[CLOCK](),
-        reason="session_deleted",
-        owner=principal.user.id,
-        force=sid == principal.sid,
-    )
-    if not revoked:
-        raise NotFound("no such session")
-    request.app[METRICS].revocations.labels("session_deleted").inc()
+    await request.app[AUTH].session_control.delete(principal, request.match_info["sid"])
     return web.Response(status=204)
 
 
@@ -174,7 +162,7 @@ async def delete_session(request: web.Request) -> web.Response:
 async def change_password(request: web.Request) -> web.Response:
     principal = await authenticated(request)
     body = await json_body(request)
-    revoked = await request.app[AUTH].change_password(
+    revoked = await request.app[AUTH].accounts.change_password(
         principal,
         body.get("current_password"),
         body.get("new_password"),

@@ -178,7 +178,7 @@ async def callback(request: web.Request) -> web.Response:
             return _redirect(with_query(pending.return_to, login_code=code))
         return token_response(await flow.start_session(user, client, checked_at=checked_at))
     except TokendError as exc:
-        request.app[AUTH].metrics.logins.labels("oidc_failed").inc()
+        request.app[AUTH].logins.social_failed()
         if not pending.return_to:
             raise
         return _redirect(

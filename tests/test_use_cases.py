@@ -1,0 +1,27 @@
+"""Use-case rules below HTTP: the refresh script refuses another user's token untouched."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from service.http.appkeys import AUTH, CLOCK
+from tests.helpers import bearer, register_and_login
+
+
+async def test_rotate_with_another_uid_is_mismatch_and_leaves_the_session(
+    make_client: Any,
+) -> None:
+    client = await make_client()
+    tokens = await register_and_login(client, "alice")
+    sessions, now = client.app[AUTH].sessions, client.app[CLOCK]()
+    claims = client.app[AUTH].tokens.verify_refresh(tokens["refresh_token"], now)
+    before = await sessions.get(claims["sid"])
+    assert before is not None
+    rotation = await sessions.rotate(
+        sid=claims["sid"], uid="someone-else", jti=claims["jti"], new_jti="new", now=now
+    )
+    assert rotation.status == "mismatch" and rotation.uid == claims["sub"]
+    assert await sessions.get(claims["sid"]) == before
+    # the presented token was not consumed: it still rotates, once
+    resp = await client.post("/auth/refresh", headers=bearer(tokens["refresh_token"]))
+    assert resp.status == 200, await resp.text()
