@@ -3,7 +3,6 @@ and JWKS by a tiny aiohttp server of the test's own."""
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import hashlib
 import hmac
@@ -14,10 +13,7 @@ from typing import Any
 import aiohttp
 import jwt
 import pytest
-from aiohttp import web
 from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
-from jwt.algorithms import ECAlgorithm, OKPAlgorithm, RSAAlgorithm
 
 from service import oidc
 from service.clock import FrozenClock
@@ -25,6 +21,7 @@ from service.devredis import free_port
 from service.errors import ProviderUnavailable, SocialLoginFailed
 from service.oidc import ProviderClient, pkce_challenge
 from service.settings import OIDCProvider
+from tests.support.oidc import FakeProvider
 
 CLIENT_ID = "tokend"
 NONCE = "n-0S6_WzA2Mj"
@@ -34,114 +31,10 @@ def _b64(data: bytes) -> str:
     return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
 
 
-def _new_key(alg: str) -> Any:
-    if alg.startswith(("RS", "PS")):
-        return rsa.generate_private_key(public_exponent=65537, key_size=2048)
-    if alg == "ES256":
-        return ec.generate_private_key(ec.SECP256R1())
-    return ed25519.Ed25519PrivateKey.generate()
-
-
-def _public_jwk(key: Any, kid: str, alg: str | None) -> dict[str, Any]:
-    public = key.public_key()
-    if isinstance(public, rsa.RSAPublicKey):
-        jwk = RSAAlgorithm.to_jwk(public, as_dict=True)
-    elif isinstance(public, ec.EllipticCurvePublicKey):
-        jwk = ECAlgorithm.to_jwk(public, as_dict=True)
-    else:
-        jwk = OKPAlgorithm.to_jwk(public, as_dict=True)
-    jwk = {**jwk, "kid": kid, "use": "sig"}
-    if alg:
-        jwk["alg"] = alg
-    return jwk
-
-
-class FakeProvider:
-    """Discovery, JWKS and a token endpoint whose answers the test sets."""
-
-    def __init__(self) -> None:
-        self.keys: dict[str, tuple[Any, str]] = {}
-        self.published: list[dict[str, Any]] = []
-        self.hits = {"discovery": 0, "jwks": 0, "token": 0}
-        self.discovery_extra: dict[str, Any] = {}
-        self.discovery_status = 200
-        self.token_answer: tuple[int, Any] = (200, {})
-        self.token_requests: list[tuple[dict[str, str], dict[str, str]]] = []
-        self.token_delay = 0.0
-        self.issuer = ""
-        app = web.Application()
-        app.router.add_get("/.well-known/openid-configuration", self._discovery)
-        app.router.add_get("/jwks", self._jwks)
-        app.router.add_post("/token", self._token)
-        self.app = app
-
-    def add_key(self, alg: str, kid: str, *, publish: bool = True, jwk_alg: str | None = "") -> Any:
-        key = _new_key(alg)
-        self.keys[kid] = (key, alg)
-        if publish:
-            self.published.append(_public_jwk(key, kid, alg if jwk_alg == "" else jwk_alg))
-        return key
-
-    def sign(self, claims: dict[str, Any], kid: str | None, *, alg: str | None = None) -> str:
-        key, key_alg = self.keys[kid or next(iter(self.keys))]
-        headers = {"kid": kid} if kid else {}
-        return jwt.encode(claims, key, algorithm=alg or key_alg, headers=headers)
-
-    def claims(self, **overrides: Any) -> dict[str, Any]:
-        now = int(CLOCK_START)
-        claims = {
-            "iss": self.issuer,
-            "sub": "248289761001",
-            "aud": CLIENT_ID,
-            "exp": now + 300,
-            "iat": now,
-            "nonce": NONCE,
-        }
-        claims.update(overrides)
-        return {k: v for k, v in claims.items() if v is not None}
-
-    async def _discovery(self, request: web.Request) -> web.Response:
-        self.hits["discovery"] += 1
-        if self.discovery_status != 200:
-            return web.Response(status=self.discovery_status, text="down")
-        doc = {
-            "issuer": self.issuer,
-            "authorization_endpoint": f"{self.issuer}/authorize",
-            "token_endpoint": f"{self.issuer}/token",
-            "jwks_uri": f"{self.issuer}/jwks",
-            **self.discovery_extra,
-        }
-        return web.json_response(doc)
-
-    async def _jwks(self, request: web.Request) -> web.Response:
-        self.hits["jwks"] += 1
-        return web.json_response({"keys": self.published})
-
-    async def _token(self, request: web.Request) -> web.Response:
-        self.hits["token"] += 1
-        self.token_requests.append((dict(await request.post()), dict(request.headers)))  # type: ignore[arg-type]
-        if self.token_delay:
-            await asyncio.sleep(self.token_delay)
-        status, body = self.token_answer
-        if isinstance(body, str):
-            return web.Response(status=status, text=body)
-        return web.json_response(body, status=status)
-
-
 CLOCK_START = 1_800_000_000.0
 
 
-class Ticker:
-    """A monotonic clock the test moves."""
-
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
-
-
-Setup = tuple[FakeProvider, ProviderClient, Ticker]
+Setup = tuple[FakeProvider, ProviderClient, FrozenClock]
 
 
 @pytest.fixture
@@ -149,12 +42,13 @@ async def fake(aiohttp_server: Any) -> AsyncIterator[Callable[..., Awaitable[Set
     sessions: list[aiohttp.ClientSession] = []
 
     async def make() -> Setup:
-        provider = FakeProvider()
+        provider = FakeProvider(CLIENT_ID, now=CLOCK_START, nonce=NONCE)
+        provider.token_answer = (200, {})
         server = await aiohttp_server(provider.app)
         provider.issuer = str(server.make_url("")).rstrip("/")
         http = aiohttp.ClientSession()
         sessions.append(http)
-        ticker = Ticker()
+        ticker = FrozenClock(1000.0)  # the monotonic clock the test moves
         client = ProviderClient(
             OIDCProvider("fake", provider.issuer, CLIENT_ID, "secret"),
             http,
