@@ -1,11 +1,12 @@
-"""The OpenAPI document: valid, complete, and true of a running tokend (schemathesis).
+"""The OpenAPI document: valid, built from the router, and true of a running tokend.
 
 The schemathesis run starts tokend in-process on a real port (its TOKEND_ISSUER is its own
 URL) next to a small OpenID provider of the test's own, prepares a user, sessions, tokens,
-a login code and a callback, patches them into the document's examples, and runs ``st run``
-as a subprocess awaited on the event loop that serves tokend. Afterwards tokend's own
-metrics must show a success answer on every operation: the examples reached the success
-paths, not only the error ones.
+a login code and a callback, and runs ``st run`` on the document's URL (the document
+exactly as served) as a subprocess awaited on the event loop that serves tokend; the hooks
+in tests/st_hooks.py add the prepared values as test cases beside the document's own
+examples. Afterwards tokend's own metrics must show a success answer on every operation:
+the run reached the success paths, not only the error ones.
 """
 
 from __future__ import annotations
@@ -41,7 +42,7 @@ from service.http.apidoc.core import operation_of
 from service.http.appkeys import SETTINGS
 from service.http.openapi import UndocumentedRoute, build_document
 from service.settings import Settings
-from tests.helpers import PASSWORD, TokendTestServer, bearer, unverified
+from tests.helpers import PASSWORD, TokendTestServer, bearer
 
 CONFIG = Path(__file__).with_name("schemathesis.toml")
 CLIENT_ID, CLIENT_SECRET = "st-app", "st-app-secret"
@@ -309,36 +310,20 @@ class World:
         return cookies["tokend_oidc_browser"].value
 
 
-def _set_body_example(document: dict[str, Any], path: str, method: str, value: Any) -> None:
-    content = document["paths"][path][method]["requestBody"]["content"]
-    media = content.get("application/json") or content["application/x-www-form-urlencoded"]
-    media.pop("examples", None)
-    media["example"] = value
+def _json(body: dict[str, Any]) -> dict[str, Any]:
+    return {"body": body, "media_type": "application/json"}
 
 
-def _set_body_examples(document: dict[str, Any], path: str, method: str, **values: Any) -> None:
-    media = document["paths"][path][method]["requestBody"]["content"][
-        "application/x-www-form-urlencoded"
-    ]
-    media.pop("example", None)
-    media["examples"] = {name: {"value": value} for name, value in values.items()}
+def _form(body: dict[str, Any]) -> dict[str, Any]:
+    return {"body": body, "media_type": "application/x-www-form-urlencoded"}
 
 
-def _set_param_example(document: dict[str, Any], path: str, method: str, **values: str) -> None:
-    for parameter in document["paths"][path][method]["parameters"]:
-        if parameter["name"] in values:
-            parameter["example"] = values[parameter["name"]]
-            parameter.get("schema", {}).pop("example", None)
-
-
-async def prepare(world: World, document: dict[str, Any], username: str) -> None:
-    """Users, sessions, tokens and OIDC artefacts of this instance, put into the examples."""
+async def prepare(world: World, username: str) -> dict[str, list[dict[str, Any]]]:
+    """Users, sessions, tokens and OIDC artefacts of this instance: test cases that reach
+    the success paths, added to the document's examples by tests/st_hooks.py."""
     # The user schemathesis authenticates as (tests/schemathesis.toml logs in as them).
     await world.register(username)
     me = await world.login(username)
-    # A second session of the same user, for DELETE /auth/sessions/{sid}.
-    doomed = await world.login(username)
-    doomed_sid = unverified(doomed["access_token"])[1]["sid"]
     # Another user's refresh tokens: the first user's logout-all and password change must
     # not revoke them before the refresh examples run.
     other = f"other-{uuid.uuid4().hex[:8]}"
@@ -365,9 +350,6 @@ async def prepare(world: World, document: dict[str, Any], username: str) -> None
         json={"link_code": (await pending_link.json())["link_code"]},
         headers=bearer(me["access_token"]),
     )
-    # ... a link ticket still to be taken up ...
-    ticket = await world.ok("POST", "/auth/oidc/fake/link", headers=bearer(me["access_token"]))
-    ticket = parse_qs(urlsplit(ticket["authorization_url"]).query)["ticket"][0]
     # ... a login code from a finished social login with return_to ...
     callback = await world.authorize(
         f"{world.base}/auth/oidc/fake/login?"
@@ -380,58 +362,36 @@ async def prepare(world: World, document: dict[str, Any], username: str) -> None
     callback = await world.authorize(f"{world.base}/auth/oidc/fake/login")
     pending = {k: v[0] for k, v in parse_qs(urlsplit(callback).query).items()}
 
-    new_user = f"new-{uuid.uuid4().hex[:8]}"
     credentials = {"username": username, "password": PASSWORD}
-    _set_body_example(
-        document, "/auth/register", "post", {"username": new_user, "password": PASSWORD}
-    )
-    _set_body_example(document, "/auth/login", "post", credentials)
-    _set_body_example(document, "/auth/refresh", "post", {"refresh_token": refresh})
-    # The same password again: succeeds every time, and the user keeps being able to log in.
-    _set_body_example(
-        document,
-        "/auth/password",
-        "post",
-        {"current_password": PASSWORD, "new_password": PASSWORD},
-    )
-    _set_param_example(document, "/auth/sessions/{sid}", "delete", sid=doomed_sid)
-    _set_body_examples(
-        document,
-        "/oauth/token",
-        "post",
-        password={"grant_type": "password", **credentials},
-        refresh_token={"grant_type": "refresh_token", "refresh_token": oauth["refresh_token"]},
-    )
-    _set_body_example(
-        document,
-        "/oauth/revoke",
-        "post",
-        {"token": me["access_token"], "token_type_hint": "access_token"},
-    )
-    _set_body_example(document, "/oauth/introspect", "post", {"token": oauth["access_token"]})
-    _set_body_example(
-        document,
-        "/auth/oidc/exchange",
-        "post",
-        {"login_code": login_code, "code_verifier": VERIFIER},
-    )
-    _set_param_example(
-        document, "/auth/oidc/{provider}/link/start", "get", provider="fake", ticket=ticket
-    )
-    _set_param_example(
-        document,
-        "/auth/oidc/{provider}/callback",
-        "get",
-        provider="fake",
-        tokend_oidc_browser=world.browser_cookie(),
-        **{k: pending[k] for k in ("state", "code", "iss")},
-    )
-    _set_param_example(document, "/auth/oidc/{provider}/login", "get", provider="fake")
-    _set_param_example(document, "/auth/oidc/{provider}/link", "post", provider="fake")
-    _set_param_example(document, "/auth/identities/{provider}", "delete", provider="fake")
-    # Last: what ends the user's other sessions (tests/schemathesis.toml keeps this order).
-    for path in ("/auth/logout", "/auth/logout-all", "/auth/password"):
-        document["paths"][path] = document["paths"].pop(path)
+    fake = {"path_parameters": {"provider": "fake"}}
+    return {
+        "POST /auth/register": [
+            _json({"username": f"new-{uuid.uuid4().hex[:8]}", "password": PASSWORD})
+        ],
+        "POST /auth/login": [_json(credentials)],
+        "POST /auth/refresh": [_json({"refresh_token": refresh})],
+        # The same password again: succeeds every time, and the user can still log in.
+        "POST /auth/password": [_json({"current_password": PASSWORD, "new_password": PASSWORD})],
+        "POST /oauth/token": [
+            _form({"grant_type": "password", **credentials}),
+            _form({"grant_type": "refresh_token", "refresh_token": oauth["refresh_token"]}),
+        ],
+        "POST /oauth/revoke": [
+            _form({"token": me["access_token"], "token_type_hint": "access_token"})
+        ],
+        "POST /oauth/introspect": [_form({"token": oauth["access_token"]})],
+        "POST /auth/oidc/exchange": [_json({"login_code": login_code, "code_verifier": VERIFIER})],
+        "GET /auth/oidc/{provider}/callback": [
+            {
+                **fake,
+                "query": {k: pending[k] for k in ("state", "code", "iss")},
+                "cookies": {"tokend_oidc_browser": world.browser_cookie()},
+            }
+        ],
+        "GET /auth/oidc/{provider}/login": [fake],
+        "POST /auth/oidc/{provider}/link": [fake],
+        "DELETE /auth/identities/{provider}": [fake],
+    }
 
 
 # -- the schemathesis run --------------------------------------------------------------------
@@ -495,14 +455,16 @@ async def test_schemathesis_finds_nothing(
     client = await aiohttp_client(TokendTestServer(create_app(settings), port=port))
     async with aiohttp.ClientSession(cookie_jar=aiohttp.CookieJar(unsafe=True)) as browser:
         world = World(client, browser)
-        document = await world.ok("GET", "/openapi.json")
         username = f"st-{uuid.uuid4().hex[:8]}"
-        await prepare(world, document, username)
+        examples = tmp_path / "examples.json"
+        examples.write_text(json.dumps(await prepare(world, username)))
 
-    schema = tmp_path / "openapi.json"
-    schema.write_text(json.dumps(document, indent=1))
     env = {
         **os.environ,
+        "SCHEMATHESIS_HOOKS": "tests.st_hooks",
+        "PYTHONPATH": str(Path(__file__).parent.parent),
+        "TOKEND_ST_EXAMPLES": str(examples),
+        "TOKEND_ST_URL": base,
         "HYPOTHESIS_STORAGE_DIRECTORY": str(tmp_path / "hypothesis"),
         "TOKEND_ST_USERNAME": username,
         "TOKEND_ST_PASSWORD": PASSWORD,
@@ -515,9 +477,7 @@ async def test_schemathesis_finds_nothing(
         "--config-file",
         str(CONFIG),
         "run",
-        str(schema),
-        "--url",
-        base,
+        f"{base}/openapi.json",
         "--checks",
         "all",
         "--max-examples",
@@ -557,6 +517,7 @@ async def test_schemathesis_finds_nothing(
     # Every operation reached its success path at least once (not only its errors).
     answered = _successes(await (await client.get("/metrics")).text())
     missing = []
+    document = await (await client.get("/openapi.json")).json()
     for method, path in sorted(_operations(document)):
         if not any(route == path and 200 <= status < 400 for route, status in answered):
             missing.append(f"{method} {path}")
