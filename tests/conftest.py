@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-import os
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-import asyncpg
 import pytest
 import redis.asyncio as aioredis
 from aiohttp.test_utils import TestClient
@@ -17,23 +15,16 @@ from service.app import create_app
 from service.clock import Clock, FrozenClock, system_clock
 from service.migrate import upgrade_async
 from service.settings import Settings
-from tests.helpers import PrivateRedis, TokendTestServer
-
-REDIS_URL = os.environ.get("TOKEND_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
-POSTGRES_URL = os.environ.get(
-    "TOKEND_TEST_POSTGRES_URL", "postgresql+asyncpg://postgres@127.0.0.1:5432/test"
+from tests.support.http import TokendTestServer
+from tests.support.servers import PrivateRedis
+from tests.support.settings import (  # noqa: F401 (REDIS_URL, TEST_KEK: still imported from here)
+    FAST_ARGON2,
+    POSTGRES_URL,
+    REDIS_URL,
+    TEST_KEK,
+    drop_postgres_database,
+    make_postgres_database,
 )
-TEST_KEK = "q1k3vY3fz7H2m8y6mE0bY1cX8sQv0nq2b2QWm8mX0kU="
-# Cheap argon2 for tests that do not measure hashing itself.
-FAST_ARGON2 = {
-    "TOKEND_ARGON2_TIME_COST": "1",
-    "TOKEND_ARGON2_MEMORY_KIB": "1024",
-    "TOKEND_ARGON2_PARALLELISM": "1",
-}
-
-
-def _pg_dsn(url: str) -> str:
-    return url.replace("postgresql+asyncpg://", "postgresql://")
 
 
 @pytest.fixture
@@ -55,26 +46,6 @@ async def redis_client() -> AsyncIterator[aioredis.Redis]:
     client = aioredis.Redis.from_url(REDIS_URL, decode_responses=True)
     yield client
     await client.aclose()
-
-
-async def make_postgres_database() -> str:
-    name = f"tokend_t_{uuid.uuid4().hex[:12]}"
-    conn = await asyncpg.connect(_pg_dsn(POSTGRES_URL))
-    try:
-        await conn.execute(f'CREATE DATABASE "{name}"')
-    finally:
-        await conn.close()
-    base, _, _ = POSTGRES_URL.rpartition("/")
-    return f"{base}/{name}"
-
-
-async def drop_postgres_database(url: str) -> None:
-    name = url.rpartition("/")[2]
-    conn = await asyncpg.connect(_pg_dsn(POSTGRES_URL))
-    try:
-        await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-    finally:
-        await conn.close()
 
 
 @pytest.fixture

@@ -5,13 +5,11 @@
     tokens.py     JWTs read and forged by hand, and the refusals expected of them
     servers.py    real servers of a test's own: redis-server, PostgreSQL, a cuttable TCP link
     sentry.py     what the process connected to, opened or started while watched
-    events.py     revocation events written as tokend writes them
     oidc.py       an OpenID provider of the test's own, and the world a social login runs in
 
 Everything is re-exported here: ``from tests.support import register, PrivateRedis``.
 """
 
-from tests.support.events import EmitRevocation, emit_event
 from tests.support.http import (
     PASSWORD,
     TokendTestServer,
@@ -65,7 +63,6 @@ __all__ = [
     "TEST_KEK",
     "Activity",
     "ConnectionCounter",
-    "EmitRevocation",
     "FakeProvider",
     "PostgresServer",
     "PrivateRedis",
@@ -78,7 +75,6 @@ __all__ = [
     "b64json",
     "bearer",
     "drop_postgres_database",
-    "emit_event",
     "forge",
     "http_request",
     "login",
