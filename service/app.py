@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import os
 import time
 from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
@@ -15,18 +14,19 @@ from redis.asyncio import Redis
 from redis.exceptions import RedisError
 from sqlalchemy.ext.asyncio import async_sessionmaker
 
-from tokend_client._tasks import stop_tasks
+from tokend_client.tasks import stop_tasks
 
 from .auth import Authenticator
 from .clock import Clock, system_clock
-from .crypto import Sealer, decode_kek, load_or_create_dev_kek
-from .db import make_engine, sqlite_path
-from .errors import ConfigError, TokendError
+from .crypto import Sealer
+from .db import make_engine
+from .errors import TokendError
 from .fence import PositionStore, RedisFence
 from .http import auth_routes, health, oauth_routes, oidc_routes, openapi, wellknown
 from .http.appkeys import AUTH, CLOCK, ENGINE, FENCE, KEYRING, KEYSTORE, METRICS, REDIS, SETTINGS
 from .http.errors import error_middleware, header_size_middleware
 from .http.request import MAX_BODY
+from .kek import resolve_kek
 from .keys import KeyRing, SqlKeyStore, ensure_signing_key
 from .metrics import Metrics
 from .passwords import PasswordHasher
@@ -40,28 +40,6 @@ from .users import SqlUserStore
 log = logging.getLogger("tokend")
 
 KEY_RELOAD_INTERVAL = 30.0
-
-
-def resolve_kek(settings: Settings) -> bytes:
-    """The key-encryption key: from the setting, or (SQLite only) a dev file beside the DB."""
-    if settings.key_encryption_key:
-        return decode_kek(settings.key_encryption_key)
-    path = sqlite_path(settings.database_url)
-    if not settings.is_sqlite:
-        raise ConfigError(
-            "TOKEND_KEY_ENCRYPTION_KEY: required with a non-SQLite database "
-            "(generate one: tokend keys kek)"
-        )
-    if path is None:  # in-memory SQLite: the keys die with the process anyway
-        return os.urandom(32)
-    text, created = load_or_create_dev_kek(path.with_name(path.name + ".kek"))
-    if created:
-        log.warning(
-            "TOKEND_KEY_ENCRYPTION_KEY not set: generated a development key in %s "
-            "(set the variable in production)",
-            path.with_name(path.name + ".kek"),
-        )
-    return decode_kek(text)
 
 
 @web.middleware

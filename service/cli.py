@@ -21,10 +21,10 @@ from aiohttp import web
 from redis.asyncio import Redis
 from sqlalchemy.ext.asyncio import async_sessionmaker
 
-from tokend_client._tasks import stop_tasks
+from tokend_client.tasks import stop_tasks
 
 from . import migrate
-from .app import create_app, resolve_kek
+from .app import create_app
 from .auth import delete_user, disable_user
 from .crypto import Sealer, generate_kek
 from .db import make_engine
@@ -32,6 +32,7 @@ from .devredis import redis_for_dev
 from .errors import TokendError
 from .fence import PositionStore, RedisFence
 from .http.errors import TokendRunner
+from .kek import resolve_kek
 from .keys import SqlKeyStore
 from .passwords import PasswordHasher, check_password_rules
 from .redisconn import make_redis

@@ -1,28 +1,36 @@
-"""One exception tree for tokend; each error knows its OAuth code and HTTP status.
+"""One exception tree for tokend; the HTTP layer maps each class to a status and OAuth code.
 
-    TokendError
-    ├── ConfigError                      bad setting (start-up only)
-    ├── BadRequest (400 invalid_request)
-    │   ├── UnsupportedMediaType (415)
-    │   ├── PayloadTooLarge (413)
-    │   ├── HeaderTooLarge (431)
-    │   ├── InvalidGrant (400 invalid_grant)
-    │   ├── UnsupportedGrantType (400 unsupported_grant_type)
-    │   └── SocialLoginFailed (400, own code)    OIDC callback: state, provider error, ID token
-    ├── ValidationFailed (400 invalid_request)   a field breaks a rule
-    ├── InvalidClient (401 invalid_client)
-    ├── Unauthorized (401)                     no credentials at all
-    ├── InvalidToken (401 invalid_token)       token expired, revoked, malformed, wrong type
-    │   ├── TokenExpired
-    │   └── TokenRevoked
-    ├── InvalidCredentials (401 invalid_grant) wrong username or password
-    ├── NotFound (404 not_found)
-    ├── Conflict (409 conflict)
-    ├── RateLimited (429 slow_down)            carries retry_after
-    └── Unavailable (503 temporarily_unavailable)  Redis or database gone; carries retry_after
-        └── ProviderUnavailable (502)          an OpenID provider down, slow or answering garbage
+    TokendError                          root of every error tokend raises on purpose
+    ├── ConfigError                      a setting is missing or malformed (start-up only)
+    ├── BadRequest                       the request itself is malformed
+    │   ├── UnsupportedMediaType         the body is not of the accepted content type
+    │   ├── PayloadTooLarge              the body exceeds the size limit
+    │   ├── HeaderTooLarge               a request header exceeds the size limit
+    │   ├── InvalidGrant                 refresh token, code or credentials invalid
+    │   ├── UnsupportedGrantType         a grant type the token endpoint does not serve
+    │   ├── InvalidScope                 a scope that is not allowed
+    │   ├── UnauthorizedClient           the client may not use this token or grant
+    │   ├── ValidationFailed             a field breaks a rule (username, password)
+    │   └── SocialLoginFailed            OIDC callback: state, provider error, ID token
+    │       ├── SocialLoginRefused       the provider answered an error; carries it
+    │       ├── SocialLoginDenied        the linked account is disabled or gone
+    │       └── SocialGrantInvalid       the provider's code or ID token is refused
+    ├── InvalidClient                    OAuth client authentication failed
+    ├── Unauthorized                     no credentials at all
+    ├── InvalidToken                     token expired, revoked, malformed, wrong type
+    │   ├── TokenExpired                 its lifetime has passed
+    │   └── TokenRevoked                 it or its session was revoked
+    ├── InvalidCredentials               wrong username or password
+    ├── Forbidden                        the caller may not do this
+    ├── NotFound                         no such resource (or not the caller's)
+    ├── Conflict                         the resource already exists
+    ├── RateLimited                      too many attempts; carries retry_after
+    └── Unavailable                      Redis or database gone; carries retry_after
+        └── ProviderUnavailable          an OpenID provider down, slow or answering garbage
 
-The domain raises these and never imports aiohttp; ``service.http.errors`` renders them.
+The domain raises these and never imports aiohttp; ``service.http.errors`` holds the one
+table from class to HTTP status and OAuth error code, and renders every error response.
+``tests/test_errors_tree.py`` keeps this drawing equal to the classes.
 """
 
 from __future__ import annotations
@@ -31,8 +39,6 @@ from __future__ import annotations
 class TokendError(Exception):
     """Root of every error tokend raises on purpose."""
 
-    status: int = 500
-    code: str = "server_error"
     description: str = "internal error"
 
     def __init__(self, description: str | None = None) -> None:
@@ -48,90 +54,83 @@ class ConfigError(TokendError):
 class BadRequest(TokendError):
     """The request itself is malformed."""
 
-    status = 400
-    code = "invalid_request"
     description = "malformed request"
 
 
 class UnsupportedMediaType(BadRequest):
     """The body is not of the content type the endpoint accepts."""
 
-    status = 415
-
 
 class PayloadTooLarge(BadRequest):
     """The body exceeds the size limit."""
 
-    status = 413
     description = "request body too large"
 
 
 class HeaderTooLarge(BadRequest):
-    """A request header exceeds the size limit."""
+    """A request header exceeds the size limit (the answer never echoes it)."""
 
-    status = 431
     description = "request header too large"
 
 
 class InvalidGrant(BadRequest):
     """The grant (refresh token, credentials) is invalid, per RFC 6749 section 5.2."""
 
-    code = "invalid_grant"
-
 
 class UnsupportedGrantType(BadRequest):
     """The token endpoint does not support this grant type."""
-
-    code = "unsupported_grant_type"
 
 
 class InvalidScope(BadRequest):
     """The requested scope is not allowed."""
 
-    code = "invalid_scope"
 
-
-class SocialLoginFailed(BadRequest):
-    """An OpenID Connect login failed at the callback; ``code`` is an OAuth error code."""
-
-    description = "social login failed"
-
-    def __init__(self, description: str | None = None, code: str = "invalid_request") -> None:
-        super().__init__(description)
-        self.code = code
+class UnauthorizedClient(BadRequest):
+    """The client may not use this token or grant."""
 
 
 class ValidationFailed(BadRequest):
     """A field of the request breaks a rule (username or password policy)."""
 
 
+class SocialLoginFailed(BadRequest):
+    """An OpenID Connect login failed at the callback (state, request, provider answer)."""
+
+    description = "social login failed"
+
+
+class SocialLoginRefused(SocialLoginFailed):
+    """The provider answered the authorization request with an error; ``provider_error``
+    is its OAuth error code (one of the codes RFC 6749 and OpenID Connect define)."""
+
+    def __init__(self, description: str, provider_error: str) -> None:
+        super().__init__(description)
+        self.provider_error = provider_error
+
+
+class SocialLoginDenied(SocialLoginFailed):
+    """The account the social login leads to is disabled, or the one to link to is gone."""
+
+
+class SocialGrantInvalid(SocialLoginFailed):
+    """The provider refused the authorization code, or its ID token does not verify."""
+
+
 class InvalidClient(TokendError):
     """OAuth client authentication failed."""
 
-    status = 401
-    code = "invalid_client"
     description = "client authentication failed"
-
-
-class UnauthorizedClient(BadRequest):
-    """The client may not use this token or grant."""
-
-    code = "unauthorized_client"
 
 
 class Unauthorized(TokendError):
     """No credentials were sent to a protected resource (RFC 6750 section 3.1: no error code)."""
 
-    status = 401
-    code = ""
     description = "authentication required"
 
 
 class InvalidToken(TokendError):
     """The token is expired, revoked, malformed or of the wrong type."""
 
-    status = 401
-    code = "invalid_token"
     description = "invalid token"
 
 
@@ -150,40 +149,30 @@ class TokenRevoked(InvalidToken):
 class InvalidCredentials(TokendError):
     """Username or password is wrong (one generic message for both)."""
 
-    status = 401
-    code = "invalid_grant"
     description = "invalid username or password"
 
 
 class Forbidden(TokendError):
     """The caller may not do this."""
 
-    status = 403
-    code = "forbidden"
     description = "forbidden"
 
 
 class NotFound(TokendError):
     """No such resource (or not the caller's)."""
 
-    status = 404
-    code = "not_found"
     description = "not found"
 
 
 class Conflict(TokendError):
     """The resource already exists."""
 
-    status = 409
-    code = "conflict"
     description = "already exists"
 
 
 class RateLimited(TokendError):
     """Too many attempts; try again after ``retry_after`` seconds."""
 
-    status = 429
-    code = "slow_down"
     description = "too many attempts, try again later"
 
     def __init__(self, retry_after: int, description: str | None = None) -> None:
@@ -194,8 +183,6 @@ class RateLimited(TokendError):
 class Unavailable(TokendError):
     """A backing store (Redis, database) is unreachable; retry later."""
 
-    status = 503
-    code = "temporarily_unavailable"
     description = "service temporarily unavailable"
 
     def __init__(self, description: str | None = None, retry_after: int = 1) -> None:
@@ -204,7 +191,6 @@ class Unavailable(TokendError):
 
 
 class ProviderUnavailable(Unavailable):
-    """An external OpenID provider is unreachable, slow or answered garbage (502: upstream)."""
+    """An external OpenID provider is unreachable, slow or answered garbage (upstream)."""
 
-    status = 502
     description = "identity provider unavailable"

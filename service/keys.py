@@ -14,7 +14,7 @@ import hashlib
 import json
 from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any
 
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
@@ -75,12 +75,6 @@ class SigningKey:
     activates_at: float
     retires_at: float | None
     created_at: float = 0.0
-
-
-class KeyStore(Protocol):
-    async def load(self) -> list[SigningKey]: ...
-    async def create(self, generation: int, alg: str, activates_at: float, now: float) -> bool: ...
-    async def purge(self, retired_before: float) -> int: ...
 
 
 class SqlKeyStore:

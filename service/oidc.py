@@ -24,7 +24,7 @@ import aiohttp
 import jwt
 
 from .clock import Clock
-from .errors import ProviderUnavailable, SocialLoginFailed
+from .errors import ProviderUnavailable, SocialGrantInvalid, SocialLoginFailed
 from .identities import ExternalAccount
 from .settings import OIDCProvider
 
@@ -312,9 +312,8 @@ class ProviderClient:
         if status == 200 and not isinstance(body, dict):
             raise self._down("the token response is not a JSON object")
         if status != 200 or not isinstance(body, dict):
-            raise SocialLoginFailed(
-                f"the provider refused the authorization code ({_printable(error)})",
-                code="invalid_grant",
+            raise SocialGrantInvalid(
+                f"the provider refused the authorization code ({_printable(error)})"
             )
         id_token = body.get("id_token")
         if not isinstance(id_token, str) or not id_token:
@@ -409,8 +408,8 @@ async def _read_limited(resp: aiohttp.ClientResponse, limit: int) -> bytes:
     return b"".join(chunks)
 
 
-def _bad_token(description: str) -> SocialLoginFailed:
-    return SocialLoginFailed(description, code="invalid_grant")
+def _bad_token(description: str) -> SocialGrantInvalid:
+    return SocialGrantInvalid(description)
 
 
 def _printable(value: object, limit: int = 100) -> str:

@@ -28,7 +28,13 @@ from urllib.parse import parse_qsl, quote, unquote, urlencode, urlsplit, urlunsp
 from redis.asyncio import Redis
 
 from .auth import Authenticator, ClientInfo, Principal, TokenPair
-from .errors import InvalidGrant, NotFound, SocialLoginFailed
+from .errors import (
+    InvalidGrant,
+    NotFound,
+    SocialLoginDenied,
+    SocialLoginFailed,
+    SocialLoginRefused,
+)
 from .flowlimit import FlowStartLimiter
 from .identities import ExternalAccount, Identity, IdentityStore
 from .oidc import ProviderClient
@@ -273,10 +279,10 @@ class SocialLogin:
             error = params["error"]
             reason = error if error in PROVIDER_ERRORS else "access_denied"
             detail = "".join(c for c in params.get("error_description", "") if c.isprintable())
-            raise SocialLoginFailed(
+            raise SocialLoginRefused(
                 f"the provider refused the login: {reason}"
                 + (f" ({detail[:200]})" if detail else ""),
-                code=reason,
+                reason,
             )
         code = params.get("code")
         if not code:
@@ -294,14 +300,14 @@ class SocialLogin:
         checked_at = await self.auth.sessions.server_time()
         user = await self.identities.find_or_create_user(account, self.auth.clock())
         if user.disabled:
-            raise SocialLoginFailed("this account is disabled", code="access_denied")
+            raise SocialLoginDenied("this account is disabled")
         return user, checked_at
 
     async def link(self, user_id: str, account: ExternalAccount) -> Identity:
         """Link the account to the user who started (and confirmed) the link flow."""
         user = await self.auth.users.by_id(user_id)
         if user is None or user.disabled:
-            raise SocialLoginFailed("the account to link to is gone or disabled", "access_denied")
+            raise SocialLoginDenied("the account to link to is gone or disabled")
         return await self.identities.link(user_id, account, self.auth.clock())
 
     async def start_session(

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 
-from tokend_client._tasks import stop_tasks
+from tokend_client.tasks import stop_tasks
 
 
 async def test_a_task_that_drops_one_cancellation_is_still_stopped() -> None:

@@ -47,7 +47,7 @@ from redis.exceptions import RedisError
 from ._denylist import DenyList
 from ._listener_metrics import make_metrics
 from ._position import PositionWatch, RedisBehind
-from ._tasks import stop_tasks
+from .tasks import stop_tasks
 
 __all__ = ["RevocationListener"]
 

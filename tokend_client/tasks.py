@@ -1,10 +1,12 @@
-"""Stopping background tasks for good."""
+"""Stopping background tasks for good (public: the tokend server uses it too)."""
 
 from __future__ import annotations
 
 import asyncio
 from collections.abc import Iterable
 from typing import Any
+
+__all__ = ["stop_tasks"]
 
 
 async def stop_tasks(tasks: Iterable[asyncio.Task[Any]], *, recheck: float = 1.0) -> None:

@@ -11,11 +11,11 @@ import redis.asyncio as aioredis
 from aiohttp import web
 from sqlalchemy.ext.asyncio import async_sessionmaker
 
-from service.app import resolve_kek
 from service.clock import Clock, system_clock
 from service.crypto import Sealer
 from service.db import make_engine
 from service.errors import Unavailable
+from service.kek import resolve_kek
 from service.keys import SqlKeyStore
 from service.redisconn import make_redis, redis_errors
 from service.sessions import SessionStore

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from typing import TypeVar
-
 from aiohttp import web
 from redis.asyncio import Redis
 from sqlalchemy.ext.asyncio import AsyncEngine
@@ -26,13 +24,3 @@ AUTH = web.AppKey("auth", Authenticator)
 METRICS = web.AppKey("metrics", Metrics)
 OIDC = web.AppKey("oidc", SocialLogin)
 FENCE = web.AppKey("fence", RedisFence)
-
-T = TypeVar("T")
-
-
-def get(app: web.Application, key: web.AppKey[T]) -> T:
-    """The object under ``key``, or a clear error naming the setup step that was skipped."""
-    try:
-        return app[key]
-    except KeyError:
-        raise RuntimeError(f"{key!r} is not set up: call its setup_* in create_app") from None

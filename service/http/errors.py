@@ -1,27 +1,82 @@
-"""The one place where errors become HTTP answers: JSON bodies, RFC 6750 headers."""
+"""The one place where errors become HTTP answers: one table, JSON bodies, RFC 6750 headers.
+
+``ERRORS`` maps each tokend error class to its HTTP status and OAuth error code; a class
+without an entry of its own takes its nearest ancestor's (the class's MRO is walked against
+the table, as starlette's exception handler does). ``status_of`` and ``code_of`` are the
+lookups for other code (the OpenAPI document); ``render`` builds every error response.
+"""
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from aiohttp import hdrs, web, web_protocol, web_server
+from aiohttp import hdrs, web
 from aiohttp.http_exceptions import LineTooLong
 
 from ..errors import (
+    BadRequest,
+    ConfigError,
+    Conflict,
+    Forbidden,
+    HeaderTooLarge,
     InvalidClient,
+    InvalidCredentials,
+    InvalidGrant,
+    InvalidScope,
     InvalidToken,
+    NotFound,
+    PayloadTooLarge,
+    ProviderUnavailable,
     RateLimited,
+    SocialGrantInvalid,
+    SocialLoginDenied,
+    SocialLoginFailed,
+    SocialLoginRefused,
     TokendError,
     Unauthorized,
+    UnauthorizedClient,
     Unavailable,
+    UnsupportedGrantType,
+    UnsupportedMediaType,
+    ValidationFailed,
 )
 from .responses import json_response
 
 log = logging.getLogger("tokend.http")
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+# Error class → (HTTP status, OAuth error code). An empty code: none (RFC 6750 section 3.1).
+ERRORS: dict[type[TokendError], tuple[int, str]] = {
+    TokendError: (500, "server_error"),
+    ConfigError: (500, "server_error"),
+    BadRequest: (400, "invalid_request"),
+    UnsupportedMediaType: (415, "invalid_request"),
+    PayloadTooLarge: (413, "invalid_request"),
+    HeaderTooLarge: (431, "invalid_request"),
+    InvalidGrant: (400, "invalid_grant"),
+    UnsupportedGrantType: (400, "unsupported_grant_type"),
+    InvalidScope: (400, "invalid_scope"),
+    UnauthorizedClient: (400, "unauthorized_client"),
+    ValidationFailed: (400, "invalid_request"),
+    SocialLoginFailed: (400, "invalid_request"),
+    SocialLoginRefused: (400, "access_denied"),  # the provider's own code, see oauth_code
+    SocialLoginDenied: (400, "access_denied"),
+    SocialGrantInvalid: (400, "invalid_grant"),
+    InvalidClient: (401, "invalid_client"),
+    Unauthorized: (401, ""),
+    InvalidToken: (401, "invalid_token"),
+    InvalidCredentials: (401, "invalid_grant"),
+    Forbidden: (403, "forbidden"),
+    NotFound: (404, "not_found"),
+    Conflict: (409, "conflict"),
+    RateLimited: (429, "slow_down"),
+    Unavailable: (503, "temporarily_unavailable"),
+    ProviderUnavailable: (502, "temporarily_unavailable"),
+}
 
 # Codes for aiohttp's own HTTP exceptions (routing, body size), by status.
 _HTTP_CODES = {
@@ -34,6 +89,33 @@ _HTTP_CODES = {
 }
 
 REALM = 'Bearer realm="tokend"'
+
+
+def entry_of(exc_type: type[TokendError]) -> tuple[type[TokendError], int, str]:
+    """The nearest class in ``exc_type``'s MRO with an entry in ``ERRORS``, and that entry."""
+    for cls in exc_type.__mro__:
+        if cls in ERRORS:
+            status, code = ERRORS[cls]
+            return cls, status, code
+    raise TypeError(f"{exc_type!r} is not a TokendError")
+
+
+def status_of(exc_type: type[TokendError]) -> int:
+    """The HTTP status of an error class."""
+    return entry_of(exc_type)[1]
+
+
+def code_of(exc_type: type[TokendError]) -> str:
+    """The OAuth error code of an error class ("" for a bare 401 challenge)."""
+    return entry_of(exc_type)[2]
+
+
+def oauth_code(exc: TokendError) -> str:
+    """The OAuth error code an error answers with: its class's, or the provider's own
+    when tokend relays a provider's refusal."""
+    if isinstance(exc, SocialLoginRefused):
+        return exc.provider_error
+    return code_of(type(exc))
 
 
 def json_error(
@@ -52,6 +134,7 @@ def _quote(text: str) -> str:
 
 def render(exc: TokendError, *, bearer: bool = True) -> web.Response:
     """Map a tokend error to its HTTP answer."""
+    status, code = status_of(type(exc)), oauth_code(exc)
     headers: dict[str, str] = {}
     if isinstance(exc, Unauthorized):
         headers["WWW-Authenticate"] = REALM
@@ -61,13 +144,13 @@ def render(exc: TokendError, *, bearer: bool = True) -> web.Response:
         )
     elif isinstance(exc, InvalidClient):
         headers["WWW-Authenticate"] = 'Basic realm="tokend"'
-    if exc.status == 401 and "WWW-Authenticate" not in headers:
+    if status == 401 and "WWW-Authenticate" not in headers:
         # RFC 9110 section 15.5.2: every 401 carries a challenge (bad login credentials, a
         # wrong current password, a token error where bearer details do not apply).
         headers["WWW-Authenticate"] = REALM
     if isinstance(exc, RateLimited | Unavailable):
         headers["Retry-After"] = str(exc.retry_after)
-    return json_error(exc.status, exc.code, exc.description, headers)
+    return json_error(status, code, exc.description, headers)
 
 
 @web.middleware
@@ -96,7 +179,7 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
         return json_error(exc.status, code, exc.reason, {hdrs.ALLOW: allow} if allow else None)
     except Exception:
         log.exception("unhandled error on %s %s", request.method, request.path)
-        return json_error(500, "server_error", "internal error")
+        return render(TokendError())
 
 
 MAX_HEADER_BYTES = 8192
@@ -107,11 +190,11 @@ async def header_size_middleware(request: web.Request, handler: Handler) -> web.
     """431 for any header over 8 KiB, without echoing any part of it."""
     for name, value in request.raw_headers:
         if len(name) + len(value) > MAX_HEADER_BYTES:
-            return json_error(431, "invalid_request", "request header too large")
+            raise HeaderTooLarge()
     return await handler(request)
 
 
-class _JsonErrorHandler(web_protocol.RequestHandler):
+class _JsonErrorHandler(web.RequestHandler):
     """Parser errors (header past the parser's limit, bad request line) as JSON, no echo."""
 
     def handle_error(
@@ -127,20 +210,35 @@ class _JsonErrorHandler(web_protocol.RequestHandler):
             type(exc).__name__ if exc else status,
         )
         # The parser's LineTooLong reads "Got more than N bytes when reading: <the line>".
+        error: TokendError
         if isinstance(exc, LineTooLong) or "too many headers" in str(exc).lower():
-            status = 431
-        code = "server_error" if status >= 500 else "invalid_request"
-        description = {431: "request header too large", 500: "internal error"}.get(
-            status, "malformed HTTP request"
-        )
-        response = json_error(status, code, description)
+            error = HeaderTooLarge()
+        elif 400 <= status < 500:
+            error = BadRequest("malformed HTTP request")
+        else:
+            error = TokendError()
+        response = render(error)
+        if status > 500:  # 504: a handler timed out outside every middleware
+            response.set_status(status)
         response.force_close()
         return response
 
 
-class _JsonErrorServer(web_server.Server):
-    def __call__(self) -> web_protocol.RequestHandler:
-        return _JsonErrorHandler(self, loop=self._loop, **self._kwargs)
+async def _not_set_up(request: web.BaseRequest) -> web.StreamResponse:
+    raise RuntimeError("TokendRunner.setup() was not awaited")
+
+
+class _JsonErrorServer(web.Server):
+    """aiohttp's low-level server, making connections of ``_JsonErrorHandler``."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        handler_cancellation = kwargs.pop("handler_cancellation", False)
+        super().__init__(_not_set_up, handler_cancellation=handler_cancellation, **kwargs)
+        self.handler_args = kwargs
+        self.running_loop = asyncio.get_running_loop()
+
+    def __call__(self) -> web.RequestHandler:
+        return _JsonErrorHandler(self, loop=self.running_loop, **self.handler_args)
 
 
 # Header limits for the parser: generous, so our middleware answers 431 itself for
@@ -148,14 +246,49 @@ class _JsonErrorServer(web_server.Server):
 HANDLER_ARGS: dict[str, Any] = {"max_line_size": 65536, "max_field_size": 65536}
 
 
-class TokendRunner(web.AppRunner):
-    """An AppRunner whose connections render protocol errors as JSON without echo."""
+class TokendRunner(web.ServerRunner):
+    """Runs an application as ``web.AppRunner`` does, on connections that render protocol
+    errors as JSON without echo.
 
-    def __init__(self, app: web.Application, **kwargs: Any) -> None:
-        kwargs = {**HANDLER_ARGS, **kwargs}
-        super().__init__(app, **kwargs)
+    aiohttp answers a request its parser refuses (a header past ``max_field_size``, a
+    garbage request line) from ``RequestHandler.handle_error``, before any middleware, with
+    the parser's message as body: it quotes the first 100 bytes of the offending line. No
+    argument of ``AppRunner`` chooses that class, so this runner is built from aiohttp's
+    public low-level pieces: an ``AppRunner`` starts the application and provides its
+    request handler and factory (``Server.request_handler``, ``Server.request_factory``),
+    a ``web.Server`` subclass makes ``_JsonErrorHandler`` connections, and
+    ``web.ServerRunner`` serves them.
+    """
 
-    async def _make_server(self) -> web_server.Server:
-        server = await super()._make_server()
-        server.__class__ = _JsonErrorServer  # same layout; only the handler factory differs
-        return server
+    def __init__(
+        self,
+        app: web.Application,
+        *,
+        handle_signals: bool = False,
+        shutdown_timeout: float = 60.0,
+        **kwargs: Any,
+    ) -> None:
+        self._app_runner = web.AppRunner(app)
+        self._json_server = _JsonErrorServer(**{**HANDLER_ARGS, **kwargs})
+        super().__init__(
+            self._json_server, handle_signals=handle_signals, shutdown_timeout=shutdown_timeout
+        )
+
+    @property
+    def app(self) -> web.Application:
+        return self._app_runner.app
+
+    async def setup(self) -> None:
+        await self._app_runner.setup()  # on_startup, freeze, aiohttp's own server
+        inner = self._app_runner.server
+        assert inner is not None
+        self._json_server.request_handler = inner.request_handler
+        self._json_server.request_factory = inner.request_factory
+        await super().setup()
+
+    async def shutdown(self) -> None:
+        await self.app.shutdown()
+
+    async def cleanup(self) -> None:
+        await super().cleanup()  # sites, connections, on_shutdown, in-flight handlers
+        await self.app.cleanup()

@@ -10,7 +10,7 @@ from ..errors import Unavailable
 from ..redisconn import redis_errors
 from .apidoc import discovery as spec
 from .appkeys import ENGINE, METRICS, REDIS
-from .errors import json_error
+from .errors import render
 from .responses import json_response
 
 routes = web.RouteTableDef()
@@ -39,13 +39,8 @@ async def readyz(request: web.Request) -> web.Response:
         checks["database"] = "unavailable"
     if all(v == "ok" for v in checks.values()):
         return json_response({"status": "ready", "checks": checks})
-    response = json_error(
-        503,
-        "temporarily_unavailable",
-        "not ready: " + ", ".join(k for k, v in checks.items() if v != "ok"),
-        {"Retry-After": "1"},
-    )
-    return response
+    down = ", ".join(k for k, v in checks.items() if v != "ok")
+    return render(Unavailable(f"not ready: {down}", retry_after=1))
 
 
 @routes.get("/metrics")

@@ -28,6 +28,7 @@ from ..settings import Settings
 from .apidoc import oidc as spec
 from .appkeys import AUTH, CLOCK, ENGINE, OIDC, REDIS, SETTINGS
 from .auth_routes import NO_STORE, authenticated, token_response
+from .errors import oauth_code
 from .request import client_info, json_body
 
 routes = web.RouteTableDef()
@@ -184,7 +185,7 @@ async def callback(request: web.Request) -> web.Response:
         return _redirect(
             with_query(
                 pending.return_to,
-                error=exc.code or "access_denied",
+                error=oauth_code(exc) or "access_denied",
                 error_description=exc.description,
             )
         )
