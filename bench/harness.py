@@ -21,6 +21,8 @@ from pathlib import Path
 
 import aiohttp
 
+from service.keyspace import Keyspace
+
 ROOT = Path(__file__).resolve().parent.parent
 HERE = ROOT / "bench"
 PYTHON = sys.executable
@@ -150,7 +152,7 @@ def cleanup_redis_prefix(prefix: str) -> int:
     client = redis.Redis.from_url(REDIS_URL)
     n = 0
     batch: list[bytes] = []
-    for key in client.scan_iter(match=f"{prefix}:*", count=10_000):
+    for key in client.scan_iter(match=Keyspace(prefix).pattern, count=10_000):
         batch.append(key)
         if len(batch) >= 10_000:
             n += client.unlink(*batch)

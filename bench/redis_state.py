@@ -19,6 +19,7 @@ from bench.harness import REDIS_URL, cleanup_redis_prefix, fmt, median, new_pref
 from bench.report import Section, progress
 from service.clock import FrozenClock
 from service.http.request import FIELD_BYTES, shorten
+from service.keyspace import Keyspace
 from service.redisconn import make_redis
 from service.sessions import SessionStore
 from service.settings import Settings
@@ -129,7 +130,7 @@ def sweep_section(rounds: int, sizes: Sequence[int], batch: int = 500) -> Sectio
 
 async def _key_bytes(redis: aioredis.Redis, prefix: str) -> dict[str, int]:
     """``MEMORY USAGE`` summed over the prefix's keys, by kind (s, u, exp, ...)."""
-    keys = [k async for k in redis.scan_iter(match=f"{prefix}:*", count=5000)]
+    keys = [k async for k in redis.scan_iter(match=Keyspace(prefix).pattern, count=5000)]
     total: dict[str, int] = {}
     for i in range(0, len(keys), 5000):
         chunk = keys[i : i + 5000]

@@ -46,6 +46,7 @@ from bench.harness import (
     write_lines,
 )
 from bench.report import Section, progress
+from service.keyspace import Keyspace
 
 EXAMPLE = ROOT / "examples" / "protected_service.py"
 TOKENS_LUA = str(HERE / "tokens.lua")
@@ -244,7 +245,7 @@ async def _collect_ats(prefix: str, ats: dict[str, float], ready: asyncio.Event)
     client = aioredis.Redis.from_url(REDIS_URL, decode_responses=True)
     try:
         async with client.pubsub() as pubsub:
-            await pubsub.subscribe(f"{prefix}:revocations")
+            await pubsub.subscribe(Keyspace(prefix).channel)
             ready.set()
             async for message in pubsub.listen():
                 if message["type"] == "message":
@@ -324,7 +325,7 @@ async def _mark_epoch(prefix: str) -> None:
 
     redis = aioredis.Redis.from_url(REDIS_URL)
     try:
-        await redis.set(f"{prefix}:epoch", 1, nx=True)
+        await redis.set(Keyspace(prefix).epoch, 1, nx=True)
     finally:
         await redis.aclose()
 

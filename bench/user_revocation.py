@@ -19,6 +19,7 @@ from importlib import resources
 from pathlib import Path
 
 from bench.harness import REDIS_URL, cleanup_redis_prefix, fmt, median, new_prefix
+from service.keyspace import Keyspace
 from service.redisconn import make_redis
 from service.sessions import SessionStore
 from service.settings import Settings
@@ -69,7 +70,7 @@ async def _one(method: str, n: int, keep: bool) -> tuple[float, float, int]:
 
         loop = asyncio.create_task(refresh_loop())
         await asyncio.sleep(0.05)
-        before = await redis.xlen(f"{prefix}:events")
+        before = await redis.xlen(Keyspace(prefix).events)
         keep_sid = sids[0] if keep else ""
         reason = "password_changed" if keep else "logout_all"
         started = time.perf_counter()
@@ -84,7 +85,7 @@ async def _one(method: str, n: int, keep: bool) -> tuple[float, float, int]:
         await asyncio.sleep(0.05)
         stop.set()
         await loop
-        events = await redis.xlen(f"{prefix}:events") - before
+        events = await redis.xlen(Keyspace(prefix).events) - before
         return took, worst, events
     finally:
         await redis.aclose()

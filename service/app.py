@@ -28,6 +28,7 @@ from .http.errors import error_middleware, header_size_middleware
 from .http.request import MAX_BODY
 from .kek import resolve_kek
 from .keys import KeyRing, SqlKeyStore, ensure_signing_key
+from .keyspace import Keyspace
 from .metrics import Metrics
 from .passwords import PasswordHasher
 from .ratelimit import AuthLimits
@@ -151,7 +152,8 @@ async def _watch_key_events(redis: Redis, prefix: str, store: SqlKeyStore, ring:
     stream, is a key.rotated, and is newer than the last one reloaded for. Junk and
     forged messages cost at most one XRANGE each, never a SQL query.
     """
-    channel, stream = f"{prefix}:revocations", f"{prefix}:events"
+    keys = Keyspace(prefix)
+    channel, stream = keys.channel, keys.events
     backoff = 0.5
     last: StreamId | None = None
     subscribed_before = False

@@ -34,6 +34,7 @@ from .fence import PositionStore, RedisFence
 from .http.errors import TokendRunner
 from .kek import resolve_kek
 from .keys import SqlKeyStore
+from .keyspace import Keyspace
 from .passwords import PasswordHasher, check_password_rules
 from .redisconn import make_redis
 from .sessions import SessionStore
@@ -171,7 +172,7 @@ async def tail_events(settings: Settings, since: str | None = None) -> None:
     on it. With ``since`` (a stream entry id, or ``-`` for everything kept), the stream is
     replayed after that entry first; without it the tail starts at the stream's end.
     """
-    stream = f"{settings.redis_prefix}:events"
+    stream = Keyspace(settings.redis_prefix).events
     last = _tail_start(since)
     client = make_redis(settings.redis_url, pool_size=1, pool_timeout=5.0)
     follower = asyncio.create_task(_follow_stream(client, stream, last))

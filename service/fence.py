@@ -49,9 +49,11 @@ import redis.asyncio as aioredis
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import async_sessionmaker
 
+from . import replies
 from .clock import Clock
 from .db import db_errors
 from .errors import Conflict, TokendError, Unavailable
+from .keyspace import Keyspace
 from .models import RedisPositionRow
 from .redisconn import redis_errors
 
@@ -148,21 +150,22 @@ class RedisFence:
         self.known: Position | None = None
         self._durable: Position | None = None  # last loaded from or saved to SQL
         self._lock = asyncio.Lock()
+        self.keys = Keyspace(prefix)
         self._fence = redis.register_script(_fence_script())
         #: Fences this process ran (data loss or rollback detected).
         self.fences = 0
 
     @property
     def epoch_key(self) -> str:
-        return f"{self.prefix}:epoch"
+        return self.keys.epoch
 
     @property
     def gen_key(self) -> str:
-        return f"{self.prefix}:gen"
+        return self.keys.gen
 
     @property
     def fence_key(self) -> str:
-        return f"{self.prefix}:fence"
+        return self.keys.fence
 
     def argv(self) -> tuple[str, str]:
         """The known position for a script's ARGV; ('', '') before it is known (no check)."""
@@ -230,21 +233,24 @@ class RedisFence:
             result = cast(
                 list[Any],
                 await self._fence(
+                    keys=[*self.keys.script_head(), self.keys.fence],
                     args=[
-                        self.prefix,
+                        "",
+                        "",
+                        self.retention,
                         "" if seen is None else str(seen.epoch),
                         known.epoch,
                         known.gen,
                         now,
                         int(now) + self.deny_window,
-                        self.retention,
                         reason,
-                    ]
+                    ],
                 ),
             )
-        if result[0] != "fenced":
+        fencing = replies.fencing(result)
+        if fencing.status != "fenced":
             return False  # another process changed the epoch first: look again
-        fenced = Position(int(result[1]), int(result[2]))
+        fenced = Position(fencing.epoch, fencing.gen)
         self.known = fenced
         self.fences += 1
         log.warning(

@@ -8,11 +8,10 @@ INCR and EXPIRE NX in one atomic step, so the window starts at the first start.
 
 from __future__ import annotations
 
-import hashlib
-
 import redis.asyncio as aioredis
 
 from .errors import RateLimited
+from .keyspace import Keyspace
 from .redisconn import redis_errors
 
 # KEYS: the IP's counter.  ARGV: limit, window.
@@ -38,7 +37,7 @@ class FlowStartLimiter:
 
     def key(self, ip: str) -> str:
         # Hashed: the IP text (possibly from X-Forwarded-For) never becomes a raw key name.
-        return f"{self.prefix}:oidc:starts:{hashlib.sha256(ip.encode()).hexdigest()[:32]}"
+        return Keyspace(self.prefix).oidc_starts(ip)
 
     async def check(self, ip: str) -> None:
         """Count a start, or raise RateLimited (429 with Retry-After) over the limit."""

@@ -37,6 +37,7 @@ from .errors import (
 )
 from .flowlimit import FlowStartLimiter
 from .identities import ExternalAccount, Identity, IdentityStore
+from .keyspace import Keyspace
 from .oidc import ProviderClient
 from .redisconn import redis_errors
 from .users import User
@@ -442,13 +443,13 @@ class SocialLogin:
         return await self.link(principal.user.id, account)
 
     def _state_key(self, state: str) -> str:
-        return f"{self.prefix}:oidc:state:{hashlib.sha256(state.encode()).hexdigest()}"
+        return Keyspace(self.prefix).oidc_state(state)
 
     def _code_key(self, code: str) -> str:
-        return f"{self.prefix}:oidc:code:{hashlib.sha256(code.encode()).hexdigest()}"
+        return Keyspace(self.prefix).oidc_code(code)
 
     def _ticket_key(self, ticket: str) -> str:
-        return f"{self.prefix}:oidc:ticket:{hashlib.sha256(ticket.encode()).hexdigest()}"
+        return Keyspace(self.prefix).oidc_ticket(ticket)
 
     def _link_key(self, code: str) -> str:
-        return f"{self.prefix}:oidc:link:{hashlib.sha256(code.encode()).hexdigest()}"
+        return Keyspace(self.prefix).oidc_link(code)

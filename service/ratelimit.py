@@ -3,12 +3,12 @@ client IP, successful logins per user, registrations per IP."""
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass
 
 import redis.asyncio as aioredis
 
 from .errors import RateLimited
+from .keyspace import Keyspace
 from .redisconn import redis_errors
 from .settings import Settings
 
@@ -66,6 +66,7 @@ class LoginLimiter:
         self.redis = redis
         self.prefix = prefix
         self.name = name
+        self.keys = Keyspace(prefix)
         self.per_user = per_user
         self.per_ip = per_ip
         self.window = window
@@ -73,9 +74,8 @@ class LoginLimiter:
         self._release = redis.register_script(_RELEASE)
 
     def _keys(self, username: str, ip: str) -> tuple[str, str]:
-        # Hash the username: arbitrary user input never becomes a raw key name.
-        digest = hashlib.sha256(username.encode()).hexdigest()[:32]
-        return f"{self.prefix}:{self.name}:u:{digest}", f"{self.prefix}:{self.name}:ip:{ip}"
+        # The username is hashed: arbitrary user input never becomes a raw key name.
+        return self.keys.limit_user(self.name, username), self.keys.limit_ip(self.name, ip)
 
     async def check(self, username: str, ip: str) -> None:
         """Count an attempt against both limits, or raise RateLimited when either is reached."""
@@ -116,17 +116,17 @@ class CountLimit:
         self.redis = redis
         self.prefix = prefix
         self.name = name
+        self.keys = Keyspace(prefix)
         self.limit = limit
         self.window = window
         self._reserve = redis.register_script(_RESERVE)
 
     async def take(self, key: str) -> None:
         """Count one event for ``key``, or raise RateLimited when the window is full."""
-        digest = hashlib.sha256(key.encode()).hexdigest()[:32]
         with redis_errors():
             wait = int(
                 await self._reserve(
-                    keys=[f"{self.prefix}:{self.name}:{digest}"],
+                    keys=[self.keys.limit_count(self.name, key)],
                     args=[self.limit, 0, self.window],
                 )
             )

@@ -1,24 +1,17 @@
 """Sessions and refresh-token state in Redis, changed only by atomic Lua scripts.
 
-Keys (``P`` is the prefix; one session's keys share the ``{sid}`` hash slot):
+Key names come from service/keyspace.py. The session hash ``P:s:{sid}`` holds uid, cid,
+scope, created, last, plast, idle, abs, cur, prev, ua, ip, ep, auth (TTL follows the idle
+deadline). ``auth`` is when the credentials were checked, on Redis's clock
+(``server_time``). The current refresh token was issued at ``last`` and expires at
+``idle``; ``prev`` is honoured until last + grace. The user agent and IP are cut to 64
+bytes (http/request.py) so that, with a usual scope, Redis keeps the hash as a compact
+listpack. A user's revocation mark ``P:du:<uid>`` is "<at>[ <kept sid>]": every session
+of the user authenticated at or before ``at`` (Redis's clock) is revoked but the kept
+one; checked by every script that uses a session and by the deny check (``auth_time`` of
+access tokens).
 
-    P:s:{sid}    hash: uid, cid, scope, created, last, plast, idle, abs, cur, prev, ua, ip, ep,
-                 auth (TTL follows the idle deadline). ``auth`` is when the credentials
-                 were checked, on Redis's clock (``server_time``). The current refresh
-                 token was issued at ``last`` and expires at ``idle``; ``prev`` is
-                 honoured until last + grace.
-                 The user agent and IP are cut to 64 bytes (http/request.py) so that,
-                 with a usual scope, Redis keeps the hash as a compact listpack.
-    P:ds:{sid}   the session's access tokens are denied (TTL: until they expire)
-    P:u:<uid>    zset of the user's sids scored by absolute deadline
-    P:du:<uid>   the user's revocation mark "<at>[ <kept sid>]": every session of the
-                 user authenticated at or before ``at`` (Redis's clock) is revoked,
-                 but the kept one; checked by every script that uses a session and by
-                 the deny check (``auth_time`` of access tokens)
-    P:dj:<jti>   this access token is denied
-    P:exp:<n>    expiry index shard n (of EXPIRY_SHARDS): zset of "sid:uid" by idle deadline
-    P:events     stream of revocation events;  P:revocations  channel of the same
-    P:epoch, P:gen, P:fence   the data's position and the last fence (see fence.py)
+Each script's replies are decoded in service/replies.py.
 
 With a ``fence``, every script that reads or writes refresh-token state also checks that
 Redis is not behind the position this process has seen, and fences it when it is.
@@ -33,56 +26,33 @@ from typing import Any, cast
 
 import redis.asyncio as aioredis
 
+from . import replies
+from .errors import Unavailable
 from .fence import Position, RedisFence, read_checked, run_checked
+from .keyspace import EXPIRY_SHARDS, Keyspace
 from .redisbatch import AutoPipeline
 from .redisconn import redis_errors
+from .replies import Reported, Rotation
 from .settings import Settings
 
-# Must match EXPIRY_SHARDS in lua/common.lua.
-EXPIRY_SHARDS = 16
+__all__ = [
+    "EXPIRY_SHARDS",
+    "Created",
+    "Rotation",
+    "SessionGrant",
+    "SessionInfo",
+    "SessionStore",
+    "parse_mark",
+]
+
+# A login past the session cap reads the user's sessions and tries again; concurrent
+# logins of one user add sessions the read did not see, so it may take a few rounds.
+CAP_ATTEMPTS = 16
 
 
 def _script(name: str) -> str:
     lua = resources.files("service") / "lua"
     return (lua / "common.lua").read_text() + "\n" + (lua / f"{name}.lua").read_text()
-
-
-@dataclass(frozen=True)
-class Rotation:
-    """What a refresh did: ``status`` is rotated, grace, reuse, expired, unknown, fenced,
-    revoked (ended by its user's revocation mark) or mismatch (another user's session).
-
-    On reuse, ``reuse_kind`` is ``concurrent`` (within the grace window of the last
-    rotation: most likely a client's own race) or ``replay``, and ``other_ip`` and
-    ``other_ua`` are those of the session's last legitimate use.
-    """
-
-    status: str
-    uid: str = ""
-    jti: str = ""
-    iat: int = 0
-    exp: int = 0
-    client_id: str = ""
-    scope: str = ""
-    auth: float = 0.0
-    reuse_kind: str = ""
-    other_ip: str = ""
-    other_ua: str = ""
-
-
-def _rotation(result: list[Any]) -> tuple[Rotation, tuple[Any, Any] | None]:
-    """rotate.lua's reply (see the script's header) and the position it reports."""
-    status = result[0]
-    if status in ("rotated", "grace"):
-        _, uid, jti, iat, exp, cid, scope, gen, epoch, auth = result
-        rotation = Rotation(
-            status, uid, jti, int(iat), int(exp), cid or "", scope or "", float(auth or 0)
-        )
-        return rotation, (gen, epoch)
-    if status == "reuse":
-        _, uid, gen, epoch, kind, ip, ua = result
-        return Rotation(status, uid, reuse_kind=kind, other_ip=ip, other_ua=ua), (gen, epoch)
-    return Rotation(status, result[1] if len(result) > 1 else ""), None
 
 
 @dataclass(frozen=True)
@@ -149,6 +119,10 @@ class SessionStore:
         self.absolute_ttl = absolute_ttl
         self.grace = grace
         self.max_sessions = max_sessions
+        self.keys = Keyspace(prefix)
+        # The KEYS every script starts with (lua/common.lua); ARGV starts with the known
+        # position and the retention.
+        self._head = self.keys.script_head()
         # The stream keeps every revocation that can still matter, plus a margin.
         self.retention = access_ttl + leeway + 300
         self._create = redis.register_script(_script("create"))
@@ -157,6 +131,7 @@ class SessionStore:
         self._revoke_user = redis.register_script(_script("revoke_user"))
         self._revoke_token = redis.register_script(_script("revoke_token"))
         self._expire = redis.register_script(_script("expire"))
+        self._peek = redis.register_script(_script("peek"))
         # The hot paths (rotate, deny check) share pipelines with concurrent requests.
         self._batch = AutoPipeline(redis)
         self._emit = redis.register_script(_script("emit"))
@@ -177,30 +152,6 @@ class SessionStore:
             max_sessions=settings.max_sessions_per_user,
             fence=fence,
         )
-
-    # key names
-    def session_key(self, sid: str) -> str:
-        return f"{self.prefix}:s:{{{sid}}}"
-
-    def deny_session_key(self, sid: str) -> str:
-        return f"{self.prefix}:ds:{{{sid}}}"
-
-    def user_index_key(self, uid: str) -> str:
-        return f"{self.prefix}:u:{uid}"
-
-    def deny_user_key(self, uid: str) -> str:
-        return f"{self.prefix}:du:{uid}"
-
-    def deny_token_key(self, jti: str) -> str:
-        return f"{self.prefix}:dj:{jti}"
-
-    @property
-    def events_key(self) -> str:
-        return f"{self.prefix}:events"
-
-    @property
-    def channel(self) -> str:
-        return f"{self.prefix}:revocations"
 
     async def server_time(self) -> float:
         """Redis's clock, to the microsecond: the one clock that session authentication
@@ -232,34 +183,35 @@ class SessionStore:
         iat = int(now)
         absolute = iat + self.absolute_ttl
         idle = min(iat + self.idle_ttl, absolute)
-        result = await run_checked(
-            self.fence,
-            lambda known: self._create(
-                keys=[self.session_key(sid), self.user_index_key(uid), self.deny_user_key(uid)],
-                args=[
-                    sid,
-                    uid,
-                    client_id,
-                    scope,
-                    now,
-                    idle,
-                    absolute,
-                    jti,
-                    user_agent,
-                    ip,
-                    self.prefix,
-                    *known,
-                    f"{checked_at:.6f}",
-                    self.max_sessions,
-                    self.deny_until(now),
-                    self.retention,
-                ],
-            ),
-        )
-        if result[0] == "revoked":
-            return Created(refused=True)
-        self._observe(result[1], result[2])
-        return Created(False, iat, idle, tuple(result[3:]))
+        k = self.keys
+        own = [k.session(sid), k.user_index(uid), k.user_mark(uid), k.expiry_of(sid)]
+        args: list[Any] = [sid, uid, client_id, scope, now, idle, absolute, jti, user_agent, ip]
+        args += [f"{checked_at:.6f}", self.max_sessions, self.deny_until(now)]
+        victims: list[str] = []
+        for _ in range(CAP_ATTEMPTS):
+            keys = [*self._head, *own]
+            for v in victims:
+                keys += [k.session(v), k.deny_session(v), k.expiry_of(v)]
+            argv = [*args, *victims]
+
+            def run(known: tuple[str, str], keys: list[str] = keys, argv: list[Any] = argv) -> Any:
+                return self._create(keys=keys, args=[*known, self.retention, *argv])
+
+            result = await run_checked(self.fence, run)
+            reply = replies.created(result)
+            if reply.status == "revoked":
+                return Created(refused=True)
+            if reply.status == "ok":
+                self._observe(reply.reported)
+                return Created(False, iat, idle, reply.evicted)
+            victims = await self._cap_candidates(uid)
+        raise Unavailable("too many concurrent logins of one user past the session cap")
+
+    async def _cap_candidates(self, uid: str) -> list[str]:
+        """The user's sessions a login past the cap may end: the whole index (create.lua
+        reads their last use and ends the least recently used)."""
+        with redis_errors():
+            return cast(list[str], await self.redis.zrange(self.keys.user_index(uid), 0, -1))
 
     async def rotate(
         self,
@@ -274,84 +226,78 @@ class SessionStore:
     ) -> Rotation:
         """Atomically rotate, replay within grace, or detect reuse (see rotate.lua).
         ``uid`` is the user the refresh token names."""
+        k = self.keys
+        keys = [
+            *self._head,
+            k.session(sid),
+            k.user_mark(uid),
+            k.user_index(uid),
+            k.expiry_of(sid),
+            k.deny_session(sid),
+        ]
+        args: list[Any] = [sid, jti, now, new_jti, self.idle_ttl, self.grace, self.deny_until(now)]
+        args += [user_agent, ip, uid]
         result = await run_checked(
             self.fence,
-            lambda known: self._batch.script(
-                self._rotate,
-                [self.session_key(sid), self.deny_user_key(uid)],
-                [
-                    self.prefix,
-                    sid,
-                    jti,
-                    now,
-                    new_jti,
-                    self.idle_ttl,
-                    self.grace,
-                    self.deny_until(now),
-                    self.retention,
-                    user_agent,
-                    ip,
-                    *known,
-                    uid,
-                ],
-            ),
+            lambda known: self._batch.script(self._rotate, keys, [*known, self.retention, *args]),
         )
-        rotation, position = _rotation(result)
-        if position is not None:
-            self._observe(*position)
+        rotation, position = replies.rotation(result)
+        self._observe(position)
         return rotation
 
-    def _observe(self, gen: Any, epoch: Any) -> None:
+    def _observe(self, reported: Reported | None) -> None:
+        """Note the position a script reported for its write (None: it wrote nothing)."""
+        if reported is None:
+            return
+        gen, epoch = reported
         if self.fence is not None and epoch:
             self.fence.observe(Position(int(epoch), int(gen)))
 
     def _written(self, result: list[Any]) -> int:
         """The count of a revocation script's reply, noting the position it reports."""
-        if len(result) >= 3:
-            self._observe(result[1], result[2])
-        return int(result[0])
+        revocation = replies.revocation(result)
+        self._observe(revocation.reported)
+        return revocation.count
 
     async def revoke(
         self, *, sid: str, now: float, reason: str, owner: str = "", force: bool = False
     ) -> bool:
         """Revoke one session (only ``owner``'s when given); True when something was revoked."""
+        uid = owner
+        if not uid:
+            # The script needs the index of the session's user among its KEYS.
+            with redis_errors():
+                uid = cast(str | None, await self.redis.hget(self.keys.session(sid), "uid")) or ""
+            if not uid:
+                return False
+        k = self.keys
+        keys = [*self._head, k.session(sid), k.deny_session(sid), k.user_index(uid)]
+        keys.append(k.expiry_of(sid))
+        args: list[Any] = [
+            sid,
+            uid,
+            owner,
+            reason,
+            now,
+            self.deny_until(now),
+            "1" if force else "0",
+        ]
         result = await run_checked(
             self.fence,
-            lambda known: self._revoke(
-                keys=[self.session_key(sid)],
-                args=[
-                    self.prefix,
-                    sid,
-                    owner,
-                    reason,
-                    now,
-                    self.deny_until(now),
-                    self.retention,
-                    "1" if force else "0",
-                    *known,
-                ],
-            ),
+            lambda known: self._revoke(keys=keys, args=[*known, self.retention, *args]),
         )
         return bool(self._written(result))
 
     async def revoke_user(self, *, uid: str, now: float, reason: str, keep_sid: str = "") -> int:
         """Revoke all of a user's sessions, or all but ``keep_sid``, in O(1) (one mark,
         one ``user.revoked`` event); how many sessions were live."""
-        kept = self.session_key(keep_sid) if keep_sid else self.user_index_key(uid)
+        k = self.keys
+        kept = k.session(keep_sid) if keep_sid else k.user_index(uid)
+        keys = [*self._head, k.user_index(uid), k.user_mark(uid), kept]
+        args: list[Any] = [uid, reason, self.deny_until(now), keep_sid]
         result = await run_checked(
             self.fence,
-            lambda known: self._revoke_user(
-                keys=[self.user_index_key(uid), self.deny_user_key(uid), kept],
-                args=[
-                    self.prefix,
-                    uid,
-                    reason,
-                    self.deny_until(now),
-                    self.retention,
-                    keep_sid,
-                    *known,
-                ],
-            ),
+            lambda known: self._revoke_user(keys=keys, args=[*known, self.retention, *args]),
         )
         return self._written(result)
 
@@ -359,44 +305,44 @@ class SessionStore:
         self, *, jti: str, sub: str, sid: str, exp: float, now: float, reason: str
     ) -> bool:
         """Deny one access token until its expiry; True on the first revocation."""
+        keys = [*self._head, self.keys.deny_token(jti)]
+        args: list[Any] = [jti, sub, sid, reason, now, int(exp) + self.leeway + 1]
         result = await run_checked(
             self.fence,
-            lambda known: self._revoke_token(
-                keys=[self.deny_token_key(jti)],
-                args=[
-                    self.prefix,
-                    jti,
-                    sub,
-                    sid,
-                    reason,
-                    now,
-                    int(exp) + self.leeway + 1,
-                    self.retention,
-                    *known,
-                ],
-            ),
+            lambda known: self._revoke_token(keys=keys, args=[*known, self.retention, *args]),
         )
         return bool(self._written(result))
 
-    def expiry_key(self, shard: int) -> str:
-        return f"{self.prefix}:exp:{shard}"
-
     async def sweep_expired(self, *, shard: int, now: float, batch: int) -> int:
-        """End up to ``batch`` due sessions of one expiry shard; how many ended."""
+        """End up to ``batch`` due sessions of one expiry shard; how many ended.
+
+        The due members are read first; expire.lua then judges each again, atomically
+        for the whole batch, so a member another sweep took meanwhile is skipped and each
+        session.expired is published once.
+        """
+        k = self.keys
+        shard_key = k.expiry(shard)
         with redis_errors():
-            n = await self._expire(
-                keys=[self.expiry_key(shard)],
-                args=[self.prefix, now, batch, self.retention],
+            due = cast(
+                list[str],
+                await self.redis.zrangebyscore(shard_key, "-inf", now, start=0, num=batch),
             )
-        return int(n)
+            if not due:
+                return 0
+            keys = [*self._head, shard_key]
+            for member in due:
+                sid, _, uid = member.partition(":")
+                keys += [k.session(sid), k.user_index(uid), k.user_mark(uid)]
+            n = await self._expire(keys=keys, args=["", "", self.retention, now, *due])
+        return replies.expired(n)
 
     async def publish(self, event: dict[str, Any]) -> str:
         """Append an event with no state change (key.rotated) to the stream and channel."""
         with redis_errors():
             entry_id = await self._emit(
-                args=[self.prefix, self.retention, json.dumps(event)],
+                keys=self._head, args=["", "", self.retention, json.dumps(event)]
             )
-        return str(entry_id)
+        return replies.emitted(entry_id)
 
     async def is_denied(
         self, *, sid: str, uid: str, jti: str, iat: float, auth_time: float | None = None
@@ -408,12 +354,12 @@ class SessionStore:
             self.fence,
             lambda: self._batch.execute(
                 "MGET",
-                self.deny_session_key(sid),
-                self.deny_user_key(uid),
-                self.deny_token_key(jti),
-                f"{self.prefix}:fence",
-                f"{self.prefix}:epoch",
-                f"{self.prefix}:gen",
+                self.keys.deny_session(sid),
+                self.keys.user_mark(uid),
+                self.keys.deny_token(jti),
+                self.keys.fence,
+                self.keys.epoch,
+                self.keys.gen,
             ),
         )
         if ds is not None or dj is not None:
@@ -435,57 +381,39 @@ class SessionStore:
         # A token without auth_time from the user revocation's own second: issued before
         # it, unless its session was authenticated after the mark.
         with redis_errors():
-            auth, created = await self.redis.hmget(self.session_key(sid), ["auth", "created"])
+            auth, created = await self.redis.hmget(self.keys.session(sid), ["auth", "created"])
         began = auth or created
         return began is None or float(began) <= mark_at
 
     async def get(self, sid: str) -> SessionInfo | None:
         """One session's public state, or None when it has ended."""
         with redis_errors():
-            fields = cast(dict[str, str], await self.redis.hgetall(self.session_key(sid)))
+            fields = cast(dict[str, str], await self.redis.hgetall(self.keys.session(sid)))
         return _info(sid, fields) if fields else None
 
-    async def live_grant(self, *, sid: str, jti: str, now: float) -> SessionGrant | None:
+    async def live_grant(
+        self, *, sid: str, jti: str, now: float, uid: str | None = None
+    ) -> SessionGrant | None:
         """The session's grant while ``jti`` may still refresh it, else None (read-only).
 
-        The rule of rotate.lua, read without writing: the session is of the current epoch,
-        not under its user's revocation mark, unexpired, and ``jti`` is its current refresh
-        token or the previous one within the grace. Used by introspection and by the
-        token endpoint to refuse a widened scope before rotating.
+        rotate.lua's rule itself (peek.lua shares it through common.lua), read without
+        writing. ``uid``: the user the token names (read from the session when not
+        given). Used by introspection and by the token endpoint to refuse a widened scope
+        before rotating.
         """
         with redis_errors():
-            row = await self.redis.hmget(
-                self.session_key(sid),
-                [
-                    "uid",
-                    "cur",
-                    "prev",
-                    "last",
-                    "idle",
-                    "abs",
-                    "cid",
-                    "scope",
-                    "ep",
-                    "auth",
-                    "created",
-                ],
+            if uid is None:
+                uid = cast(str | None, await self.redis.hget(self.keys.session(sid), "uid"))
+                if uid is None:
+                    return None
+            result = await self._peek(
+                keys=[*self._head, self.keys.session(sid), self.keys.user_mark(uid)],
+                args=["", "", self.retention, sid, jti, now, self.grace, uid],
             )
-            uid, cur, prev, last, idle, absolute, cid, scope, ep, auth, created = cast(
-                list[str | None], row
-            )
-            if uid is None or idle is None or absolute is None:
-                return None
-            epoch, mark = await self.redis.mget(f"{self.prefix}:epoch", self.deny_user_key(uid))
-        if int(ep or 1) < int(epoch or 0):
-            return None  # fenced: rotate.lua ends it on its next use
-        if mark is not None and self._under_mark(sid, auth or created, str(mark)):
-            return None  # revoked with its user: rotate.lua ends it on its next use
-        if now >= float(idle) or now >= float(absolute):
+        peek = replies.peek(result)
+        if not peek.live:
             return None
-        in_grace = jti == prev and last is not None and now < float(last) + self.grace
-        if jti != cur and not in_grace:
-            return None
-        return SessionGrant(uid=uid, client_id=cid or "", scope=scope or "")
+        return SessionGrant(uid=peek.uid, client_id=peek.client_id, scope=peek.scope)
 
     @staticmethod
     def _under_mark(sid: str, auth: str | None, mark: str) -> bool:
@@ -498,7 +426,7 @@ class SessionStore:
     ) -> tuple[list[SessionInfo], int | None]:
         """One page of the user's live sessions, newest first, and the offset of the next
         page (None on the last). Index entries of ended sessions are pruned."""
-        index = self.user_index_key(uid)
+        index = self.keys.user_index(uid)
         with redis_errors():
             await self.redis.zremrangebyscore(index, "-inf", now)
             # The index is scored by absolute deadline: newest first is highest first.
@@ -509,12 +437,12 @@ class SessionStore:
             sids = sids[:limit]
             async with self.redis.pipeline(transaction=False) as pipe:
                 for sid in sids:
-                    pipe.hgetall(self.session_key(sid))
+                    pipe.hgetall(self.keys.session(sid))
                 rows: list[dict[str, str]] = await pipe.execute()
             gone = [sid for sid, row in zip(sids, rows, strict=True) if not row]
             if gone:
                 await self.redis.zrem(index, *gone)
-            epoch_raw, mark = await self.redis.mget(f"{self.prefix}:epoch", self.deny_user_key(uid))
+            epoch_raw, mark = await self.redis.mget(self.keys.epoch, self.keys.user_mark(uid))
         epoch = int(epoch_raw or 0)
         infos = [
             _info(sid, row)

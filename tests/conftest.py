@@ -13,6 +13,7 @@ from aiohttp.test_utils import TestClient
 
 from service.app import create_app
 from service.clock import Clock, FrozenClock, system_clock
+from service.keyspace import Keyspace
 from service.migrate import upgrade_async
 from service.settings import Settings
 from tests.support.http import TokendTestServer
@@ -34,7 +35,7 @@ async def redis_prefix() -> AsyncIterator[str]:
     yield prefix
     client = aioredis.Redis.from_url(REDIS_URL)
     try:
-        keys = [k async for k in client.scan_iter(match=f"{prefix}:*", count=1000)]
+        keys = [k async for k in client.scan_iter(match=Keyspace(prefix).pattern, count=1000)]
         if keys:
             await client.delete(*keys)
     finally:
@@ -179,8 +180,8 @@ def emit_revocation(redis_client: aioredis.Redis, redis_prefix: str) -> EmitRevo
         entry_id = await target.eval(  # type: ignore[misc]
             _EMIT_LUA,
             2,
-            f"{redis_prefix}:events",
-            f"{redis_prefix}:revocations",
+            Keyspace(redis_prefix).events,
+            Keyspace(redis_prefix).channel,
             json.dumps(event, separators=(",", ":")),
         )
         return str(entry_id.decode() if isinstance(entry_id, bytes) else entry_id)

@@ -25,6 +25,7 @@ import pytest
 from service.cli import GC_YOUNG_THRESHOLD, serve
 from service.crypto import generate_kek
 from service.devredis import answers, free_port
+from service.keyspace import Keyspace
 from tests.conftest import (
     FAST_ARGON2,
     REDIS_URL,
@@ -217,7 +218,7 @@ async def test_work_check_follows_the_heartbeat(
     assert code == 1, err
     assert_no_traceback(err)
 
-    key = f"{redis_prefix}:workers:heartbeat"
+    key = Keyspace(redis_prefix).heartbeat
     me = f"{socket.gethostname()}:12345"
     await redis_client.hset(key, me, str(time.time()))
     code, _, err = await tokend("work", "--check", env=env, cwd=tmp_path)

@@ -21,6 +21,7 @@ from yarl import URL
 
 from service.devredis import free_port
 from service.http.appkeys import SETTINGS
+from service.keyspace import Keyspace
 from tests.helpers import PASSWORD, bearer, register
 from tokend_client import (
     FileTokenStore,
@@ -81,7 +82,7 @@ async def reuse_events(tokend: Any) -> list[dict[str, Any]]:
     prefix = tokend.app[SETTINGS].redis_prefix
     client = aioredis.Redis.from_url(tokend.app[SETTINGS].redis_url, decode_responses=True)
     try:
-        entries = await client.xrange(f"{prefix}:events")
+        entries = await client.xrange(Keyspace(prefix).events)
     finally:
         await client.aclose()
     events = [json.loads(fields["event"]) for _, fields in entries]

@@ -22,6 +22,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from service.devredis import free_port
+from service.keyspace import Keyspace
 from tests.conftest import REDIS_URL
 from tests.helpers import bearer, login, register, unverified
 
@@ -120,7 +121,7 @@ async def logout(tokend: Any, tokens: dict[str, Any]) -> None:
 async def test_redis_cli_subscriber_sees_a_logout_as_one_json_line(
     tokend, redis_prefix, redis_client
 ) -> None:
-    channel = f"{redis_prefix}:revocations"
+    channel = Keyspace(redis_prefix).channel
     proc = await asyncio.create_subprocess_exec(
         "redis-cli", "-p", "6379", "SUBSCRIBE", channel, stdout=asyncio.subprocess.PIPE
     )
@@ -144,7 +145,7 @@ async def test_redis_cli_subscriber_sees_a_logout_as_one_json_line(
         assert event["reason"] == "logout"
         assert event["until"] > event["at"] > 0
         # its id is the stream entry that holds the same event
-        [(entry_id, fields)] = await redis_client.xrange(f"{redis_prefix}:events")
+        [(entry_id, fields)] = await redis_client.xrange(Keyspace(redis_prefix).events)
         assert event["id"] == entry_id
         assert {**json.loads(fields["event"]), "id": entry_id} == event
     finally:

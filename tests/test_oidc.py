@@ -31,6 +31,7 @@ from service.app import create_app
 from service.db import engine_context
 from service.devredis import free_port
 from service.identities import SqlIdentityStore
+from service.keyspace import Keyspace
 from service.settings import Settings
 from tests.conftest import REDIS_URL
 from tests.helpers import TokendTestServer, bearer, register_and_login
@@ -409,9 +410,7 @@ async def test_wrong_nonce_is_refused(make_world: MakeWorld) -> None:
     async with new_browser() as browser:
         step = await world.login("mallory", browser=browser, stop_at_callback=True)
         state = _query(step.url)["state"]
-        key = (
-            f"{world.settings.redis_prefix}:oidc:state:{hashlib.sha256(state.encode()).hexdigest()}"
-        )
+        key = Keyspace(world.settings.redis_prefix).oidc_state(state)
         redis = aiohttp_redis()
         try:
             record = json.loads(await redis.get(key))

@@ -14,6 +14,7 @@ from sqlalchemy.ext.asyncio import async_sessionmaker
 
 from service.db import make_engine
 from service.http.appkeys import AUTH
+from service.keyspace import Keyspace
 from service.models import UserRow
 from service.passwords import PasswordHasher
 from tests.helpers import PASSWORD, register
@@ -268,7 +269,9 @@ async def test_limits_count_in_redis_under_this_prefix(
 ) -> None:
     client = await make_client(TOKEND_LOGIN_FAILURES_PER_USER="3")
     assert (await _login(client, "x" * 500, "wrong password"))[0] == 401
-    keys = [k async for k in redis_client.scan_iter(match=f"{redis_prefix}:lf:*")]
+    keys = [
+        k async for k in redis_client.scan_iter(match=Keyspace(redis_prefix).pattern_under("lf"))
+    ]
     assert len(keys) == 2
     # User input never becomes a key name verbatim.
     assert all("xxxx" not in k for k in keys)

@@ -10,6 +10,7 @@ import jwt
 import pytest
 
 from service.http.appkeys import KEYRING, SETTINGS
+from service.keyspace import Keyspace
 from tests.helpers import bearer, register_and_login, unverified
 
 
@@ -125,7 +126,7 @@ async def test_redis_ttl_follows_idle_deadline(make_client, clock, redis_client,
     client = await make_client(settings=settings, clock=clock)
     tokens = await register_and_login(client)
     sid = unverified(tokens["refresh_token"])[1]["sid"]
-    ttl = await redis_client.ttl(f"{settings.redis_prefix}:s:{{{sid}}}")
+    ttl = await redis_client.ttl(Keyspace(settings.redis_prefix).session(sid))
     assert 290 <= ttl <= 301
 
 
@@ -142,7 +143,7 @@ async def test_fifty_concurrent_refreshes_converge_on_one_successor(
     assert len(access_jtis) == 50
     sid = unverified(tokens["refresh_token"])[1]["sid"]
     prefix = client.app[SETTINGS]
-    state = await redis_client.hgetall(f"{prefix.redis_prefix}:s:{{{sid}}}")
+    state = await redis_client.hgetall(Keyspace(prefix.redis_prefix).session(sid))
     assert state["cur"] == successor_jtis.pop()
     assert state["prev"] == unverified(tokens["refresh_token"])[1]["jti"]
     # the successor works, and nothing forked
@@ -203,7 +204,7 @@ async def test_reuse_publishes_session_revoked(client, make_settings, redis_clie
     await refresh(client, second["refresh_token"])
     resp = await refresh(client, tokens["refresh_token"])  # two generations old
     assert resp.status == 401
-    entries = await redis_client.xrange(f"{prefix.redis_prefix}:events")
+    entries = await redis_client.xrange(Keyspace(prefix.redis_prefix).events)
     events = [json.loads(fields["event"]) for _, fields in entries]
     assert [e["reason"] for e in events] == ["refresh_token_reuse"]
     assert events[0]["type"] == "session.revoked"

@@ -11,6 +11,7 @@ import pytest
 
 from service.clock import FrozenClock
 from service.http.appkeys import SETTINGS
+from service.keyspace import Keyspace
 from tests.helpers import PASSWORD, bearer, login, register, register_and_login, unverified
 
 
@@ -26,7 +27,7 @@ async def me_status(client: Any, access: str) -> int:
 
 async def events(client: Any, redis_client: Any) -> list[dict[str, Any]]:
     prefix = client.app[SETTINGS].redis_prefix
-    return [json.loads(f["event"]) for _, f in await redis_client.xrange(f"{prefix}:events")]
+    return [json.loads(f["event"]) for _, f in await redis_client.xrange(Keyspace(prefix).events)]
 
 
 async def test_list_sessions_marks_the_current_one(client) -> None:

@@ -12,6 +12,7 @@ from typing import Any
 
 import redis.asyncio as aioredis
 
+from service.keyspace import Keyspace
 from tests.helpers import bearer, login, register, unverified
 
 READY_TIMEOUT = 10
@@ -39,7 +40,7 @@ async def eventually(predicate: Callable[[], bool], timeout: float = 10) -> None
 async def mark_like_tokend(client: aioredis.Redis, prefix: str) -> None:
     """Set the epoch marker as a starting tokend does (service/fence.py): a listener is not
     ready on a Redis without one. Tests with a real tokend get it from tokend itself."""
-    await client.set(f"{prefix}:epoch", 1, nx=True)
+    await client.set(Keyspace(prefix).epoch, 1, nx=True)
 
 
 async def ready(listener: Any) -> Any:
@@ -178,7 +179,7 @@ async def test_each_event_is_applied_once(
     # the same messages delivered again only wake the listener up: the stream has
     # nothing after the last applied id, so nothing changes
     wakeups = listener.wakeups
-    entries = await redis_client.xrange(f"{listener.prefix}:events")
+    entries = await redis_client.xrange(Keyspace(listener.prefix).events)
     for entry_id, fields in entries:
         await redis_client.publish(listener.channel, fields["event"][:-1] + f',"id":"{entry_id}"}}')
     await eventually(lambda: listener.wakeups == wakeups + 4)
@@ -279,7 +280,8 @@ async def test_redis_restart_backs_off_reconnects_and_follows_again(
         # the epoch marker is gone with the data: not trusted until tokend has fenced it
         await asyncio.sleep(0.5)
         assert not listener.ready and sample(listener, "tokend_listener_connected") == 0
-        await client.set(f"{redis_prefix}:epoch", 2)  # what tokend's fence does (with all.revoked)
+        # what tokend's fence does (with all.revoked)
+        await client.set(Keyspace(redis_prefix).epoch, 2)
         await eventually(lambda: listener.ready)
         await eventually(lambda: sample(listener, "tokend_listener_connected") == 1)
         await emit_revocation("session.revoked", sub="u", sid="after", client=client)
@@ -321,7 +323,7 @@ async def test_invalid_stream_entries_are_counted_and_ignored(
     await mark_like_tokend(redis_client, redis_prefix)
     listener = await ready(await make_listener())
     for payload in ("not json", '{"v": 1, "type": "session.revoked"}', '{"v": 2}'):
-        await redis_client.xadd(f"{redis_prefix}:events", {"event": payload})
+        await redis_client.xadd(Keyspace(redis_prefix).events, {"event": payload})
         await redis_client.publish(listener.channel, "wake up")
     await eventually(lambda: listener.invalid == 3)
     assert sum(listener.applied.values()) == 0

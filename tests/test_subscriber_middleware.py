@@ -10,6 +10,8 @@ import pytest
 from aiohttp import web
 
 from service.devredis import free_port
+from service.events import key_rotated
+from service.sessions import SessionStore
 from tests.helpers import bearer, register_and_login, unverified
 from tokend_client import CLAIMS_KEY, RevocationListener, TokenVerifier, setup
 
@@ -165,7 +167,7 @@ async def test_unreachable_jwks_is_503(tokend, make_service) -> None:
 
 
 async def test_key_rotated_event_makes_the_verifier_refetch(
-    tokend, aiohttp_client, redis_prefix, emit_revocation
+    tokend, aiohttp_client, redis_prefix, redis_client
 ) -> None:
     verifier = TokenVerifier(
         str(tokend.make_url("/.well-known/jwks.json")),
@@ -184,7 +186,13 @@ async def test_key_rotated_event_makes_the_verifier_refetch(
     for _ in range(3):
         await service.get("/protected", headers=bearer(tokens["access_token"]))
     assert verifier.fetches == 1
-    await emit_revocation("key.rotated", reason="rotation")
+    # published the way the key-rotation worker publishes it
+    store = SessionStore(
+        redis_client, prefix=redis_prefix, access_ttl=60, leeway=1, idle_ttl=1, absolute_ttl=1,
+        grace=1,
+    )  # fmt: skip
+    now = time.time()
+    await store.publish(key_rotated(reason="manual", at=now, kid="k2", activates_at=now))
     deadline = time.monotonic() + 10
     while listener.applied["key.rotated"] == 0 and time.monotonic() < deadline:
         await asyncio.sleep(0.005)

@@ -21,6 +21,7 @@ from service.crypto import Sealer, decode_kek
 from service.db import make_engine
 from service.http.appkeys import KEYRING, SETTINGS
 from service.keys import SqlKeyStore
+from service.keyspace import Keyspace
 from service.redisconn import make_redis
 from service.sessions import EXPIRY_SHARDS, SessionStore
 from service.tokens import new_id
@@ -35,12 +36,12 @@ TOKEND = str(Path(sys.executable).with_name("tokend"))
 async def stream_events(redis_client: Any, prefix: str) -> list[dict[str, Any]]:
     return [
         {**json.loads(f["event"]), "id": entry_id}
-        for entry_id, f in await redis_client.xrange(f"{prefix}:events")
+        for entry_id, f in await redis_client.xrange(Keyspace(prefix).events)
     ]
 
 
 async def index_size(redis_client: Any, prefix: str) -> int:
-    sizes = [await redis_client.zcard(f"{prefix}:exp:{n}") for n in range(EXPIRY_SHARDS)]
+    sizes = [await redis_client.zcard(Keyspace(prefix).expiry(n)) for n in range(EXPIRY_SHARDS)]
     return sum(sizes)
 
 
@@ -81,7 +82,7 @@ async def test_expiry_sweeps_only_due_sessions_once(make_settings, redis_client)
             assert await store.get(sid) is None
         for sid in young:
             assert await store.get(sid) is not None
-        assert await redis_client.zcard(f"{settings.redis_prefix}:u:u-old") == 0
+        assert await redis_client.zcard(Keyspace(settings.redis_prefix).user_index("u-old")) == 0
         assert await index_size(redis_client, settings.redis_prefix) == 10
         assert await worker.step() == 0
     finally:
@@ -326,10 +327,10 @@ async def test_event_schema_and_stream_trimming(client, redis_client) -> None:
     settings = client.app[SETTINGS]
     retention = settings.access_ttl + settings.leeway + 300
     stale_ms = int((time.time() - retention - 60) * 1000)
-    await redis_client.xadd(f"{prefix}:events", {"event": "{}"}, id=f"{stale_ms}-0")
+    await redis_client.xadd(Keyspace(prefix).events, {"event": "{}"}, id=f"{stale_ms}-0")
     tokens = await register_and_login(client)
     async with redis_client.pubsub() as pubsub:
-        await pubsub.subscribe(f"{prefix}:revocations")
+        await pubsub.subscribe(Keyspace(prefix).channel)
         await pubsub.get_message(timeout=1)
         resp = await client.post("/auth/logout", headers=bearer(tokens["access_token"]))
         assert resp.status == 204
@@ -340,7 +341,7 @@ async def test_event_schema_and_stream_trimming(client, redis_client) -> None:
                 break
     assert message is not None
     published = json.loads(message["data"])
-    entries = await redis_client.xrange(f"{prefix}:events")
+    entries = await redis_client.xrange(Keyspace(prefix).events)
     assert len(entries) == 1  # the stale entry was trimmed by MINID
     entry_id, fields = entries[0]
     stored = json.loads(fields["event"])

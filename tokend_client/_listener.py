@@ -32,11 +32,10 @@ import asyncio
 import contextlib
 import json
 import logging
-import math
 import time
 from collections import Counter as TypeCounter
 from collections.abc import Callable
-from typing import Any, TypeGuard, cast
+from typing import Any, cast
 
 import redis.asyncio as aioredis
 from prometheus_client import CollectorRegistry
@@ -45,6 +44,8 @@ from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
 
 from ._denylist import DenyList
+from ._events import EVENTS, problem
+from ._keys import ClientKeys
 from ._listener_metrics import make_metrics
 from ._position import PositionWatch, RedisBehind
 from .tasks import stop_tasks
@@ -53,14 +54,7 @@ __all__ = ["RevocationListener"]
 
 log = logging.getLogger("tokend_client.listener")
 
-EVENT_TYPES = (
-    "session.revoked",
-    "user.revoked",
-    "token.revoked",
-    "all.revoked",
-    "session.expired",
-    "key.rotated",
-)
+EVENT_TYPES = tuple(EVENTS)
 REPLAY_BATCH = 500
 # At most this many channel messages already received are folded into one stream read,
 # so a flood of publishes cannot postpone the read indefinitely.
@@ -106,8 +100,9 @@ class RevocationListener:
     ) -> None:
         self.redis_url = redis_url
         self.prefix = prefix
-        self.channel = f"{prefix}:revocations"
-        self.stream = f"{prefix}:events"
+        keys = ClientKeys(prefix)
+        self.channel = keys.channel
+        self.stream = keys.events
         self.on_event = on_event
         self.backoff_initial = backoff_initial
         self.backoff_max = backoff_max
@@ -215,13 +210,11 @@ class RevocationListener:
             self._metrics.skipped.inc()
             return
         self._last_id = position
-        if not isinstance(event, dict) or event.get("v") != 1:
-            self._invalid(entry_id, "not a v1 event")
+        why = problem(event)
+        if why is not None:
+            self._invalid(entry_id, why)
             return
-        kind, at, until = event.get("type"), event.get("at"), event.get("until")
-        if not isinstance(kind, str) or not _is_number(at) or not _is_number(until):
-            self._invalid(entry_id, "missing type, at or until")
-            return
+        kind, at, until = event["type"], event["at"], event["until"]
         now = self._clock()
         self.deny_list.add(kind, event, float(at), float(until))
         self._last_at = float(at)
@@ -380,7 +373,3 @@ def _loads(data: Any) -> Any:
         return json.loads(data)
     except ValueError:
         return None
-
-
-def _is_number(value: object) -> TypeGuard[int | float]:
-    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)

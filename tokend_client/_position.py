@@ -18,6 +18,8 @@ from typing import cast
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
+from ._keys import ClientKeys
+
 __all__ = ["PositionWatch", "RedisBehind"]
 
 
@@ -29,7 +31,8 @@ class PositionWatch:
     """The highest ``(epoch, gen)`` of tokend's Redis seen at a (re)connect."""
 
     def __init__(self, prefix: str) -> None:
-        self.keys = (f"{prefix}:epoch", f"{prefix}:gen")
+        keys = ClientKeys(prefix)
+        self.keys = (keys.epoch, keys.gen)
         self.seen: tuple[int, int] | None = None
 
     async def check(self, client: aioredis.Redis) -> None:

@@ -14,6 +14,7 @@ from redis.exceptions import RedisError
 
 from service.clock import Clock
 from service.errors import TokendError
+from service.keyspace import Keyspace
 
 from .metrics import WorkerMetrics
 
@@ -32,7 +33,7 @@ class Worker(Protocol):
 
 
 def heartbeat_key(prefix: str) -> str:
-    return f"{prefix}:workers:heartbeat"
+    return Keyspace(prefix).heartbeat
 
 
 def _me() -> str:

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 from service.clock import Clock
-from service.sessions import EXPIRY_SHARDS, SessionStore
+from service.keyspace import EXPIRY_SHARDS
+from service.sessions import SessionStore
 
 
 class ExpiryWorker:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 
 from service.clock import Clock
+from service.events import key_rotated
 from service.keys import SqlKeyStore, rotate
 from service.sessions import SessionStore
 
@@ -27,17 +28,7 @@ async def rotate_and_announce(
         return None
     kid = next(k.kid for k in await store.load() if k.generation == generation)
     await sessions.publish(
-        {
-            "type": "key.rotated",
-            "sub": None,
-            "sid": None,
-            "jti": None,
-            "reason": reason,
-            "at": now,
-            "until": now,
-            "kid": kid,
-            "activates_at": now + publish_delay,
-        }
+        key_rotated(reason=reason, at=now, kid=kid, activates_at=now + publish_delay)
     )
     log.info("key generation %d (%s) published, signs from +%ds", generation, kid, publish_delay)
     return generation

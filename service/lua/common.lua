@@ -1,9 +1,17 @@
 -- Shared helpers, prepended to every tokend script.
+-- Every script receives every key it touches through KEYS (Redis Cluster's rule; a test
+-- checks it), in a regular layout built by service/keyspace.py:
+--   KEYS[1] epoch  KEYS[2] gen  KEYS[3] events stream  KEYS[4] channel  KEYS[5..] the script's
+--   ARGV[1] known_epoch  ARGV[2] known_gen ('' '': not checked)  ARGV[3] stream retention
+--   ARGV[4..] the script's
 -- Events go to the stream and the channel in the same script, so they are atomic with
 -- the state change that caused them. The stream is trimmed exactly by age (MINID without
 -- "~"): it only holds revocations, so the cost is small and the bound is precise.
 -- cjson writes numbers with 14 significant digits, which cuts a time to 0.1 ms; a time
 -- given as a string of digits (fmt_time) is written as the exact number instead.
+local EPOCH_KEY, GEN_KEY, EVENTS_KEY, CHANNEL_KEY = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
+local KNOWN_EPOCH, KNOWN_GEN, RETENTION = ARGV[1], ARGV[2], ARGV[3]
+
 local function encode(ev)
   local json = cjson.encode(ev)
   if type(ev['at']) == 'string' then
@@ -12,23 +20,15 @@ local function encode(ev)
   return json
 end
 
-local function emit(stream, channel, retention, ev)
+-- The fields of each event type are listed in service/events.py.
+local function emit(ev)
   ev['v'] = 1
   local t = redis.call('TIME')
-  local minid = (tonumber(t[1]) - tonumber(retention)) * 1000
-  local id = redis.call('XADD', stream, 'MINID', tostring(minid), '*', 'event', encode(ev))
+  local minid = (tonumber(t[1]) - tonumber(RETENTION)) * 1000
+  local id = redis.call('XADD', EVENTS_KEY, 'MINID', tostring(minid), '*', 'event', encode(ev))
   ev['id'] = id
-  redis.call('PUBLISH', channel, encode(ev))
+  redis.call('PUBLISH', CHANNEL_KEY, encode(ev))
   return id
-end
-
--- The expiry index is sharded so no single sorted set is hot; members are "sid:uid".
--- Keep EXPIRY_SHARDS in service/sessions.py in step.
-local EXPIRY_SHARDS = 16
-local function expiry_key(prefix, sid)
-  local sum = 0
-  for i = 1, #sid do sum = sum + string.byte(sid, i) end
-  return prefix .. ':exp:' .. (sum % EXPIRY_SHARDS)
 end
 
 local function expire_at(key, deadline)
@@ -36,14 +36,14 @@ local function expire_at(key, deadline)
 end
 
 -- Revoke one session: drop its state, deny its access tokens until `untl`, publish.
+-- The keys are the session's hash, its deny key, its user's index and its expiry shard.
 -- `detail` (optional) says more about the reason (refresh_token_reuse: concurrent|replay).
-local function revoke_session(prefix, sid, uid, reason, now, untl, retention, detail)
-  local tag = '{' .. sid .. '}'
-  redis.call('DEL', prefix .. ':s:' .. tag)
-  redis.call('SET', prefix .. ':ds:' .. tag, '1', 'EXAT', math.ceil(tonumber(untl)))
-  redis.call('ZREM', prefix .. ':u:' .. uid, sid)
-  redis.call('ZREM', expiry_key(prefix, sid), sid .. ':' .. uid)
-  return emit(prefix .. ':events', prefix .. ':revocations', retention, {
+local function revoke_session(session, deny, index, shard, sid, uid, reason, now, untl, detail)
+  redis.call('DEL', session)
+  redis.call('SET', deny, '1', 'EXAT', math.ceil(tonumber(untl)))
+  redis.call('ZREM', index, sid)
+  redis.call('ZREM', shard, sid .. ':' .. uid)
+  return emit({
     type = 'session.revoked', sub = uid, sid = sid, jti = cjson.null, reason = reason,
     at = tonumber(now), ['until'] = tonumber(untl), detail = detail,
   })
@@ -51,23 +51,24 @@ end
 
 -- The position of the data (see service/fence.py): the epoch (a new one per fence) and
 -- the write generation (raised by every rotation and revocation).
-local function position(prefix)
-  return tonumber(redis.call('GET', prefix .. ':epoch') or '0'),
-    tonumber(redis.call('GET', prefix .. ':gen') or '0')
+local function position()
+  return tonumber(redis.call('GET', EPOCH_KEY) or '0'),
+    tonumber(redis.call('GET', GEN_KEY) or '0')
 end
 
--- Whether data at (ep, gen) is behind a position the caller has already seen: Redis
--- lost data or was restored from an older snapshot. An empty known epoch: not checked.
-local function is_behind(ep, gen, known_epoch, known_gen)
-  if known_epoch == nil or known_epoch == '' then return false end
-  local ke, kg = tonumber(known_epoch), tonumber(known_gen)
+-- Whether data at (ep, gen) is behind the position the caller has already seen
+-- (ARGV[1..2]): Redis lost data or was restored from an older snapshot. An empty known
+-- epoch: not checked.
+local function is_behind(ep, gen)
+  if KNOWN_EPOCH == nil or KNOWN_EPOCH == '' then return false end
+  local ke, kg = tonumber(KNOWN_EPOCH), tonumber(KNOWN_GEN)
   return ep < ke or (ep == ke and gen < kg)
 end
 
 -- Count one write that must not be lost silently; the new position.
-local function bump(prefix)
-  local gen = redis.call('INCR', prefix .. ':gen')
-  return gen, tonumber(redis.call('GET', prefix .. ':epoch') or '0')
+local function bump()
+  local gen = redis.call('INCR', GEN_KEY)
+  return gen, tonumber(redis.call('GET', EPOCH_KEY) or '0')
 end
 
 -- Redis's own clock in seconds, to the microsecond. Times that are compared with one
@@ -96,4 +97,27 @@ end
 -- Whether a session (its sid and authentication time) falls under a user's mark.
 local function revoked_by_mark(mark_at, keep, sid, auth)
   return mark_at ~= nil and sid ~= keep and tonumber(auth) <= mark_at
+end
+
+-- The fields of a session hash that the refresh-token rule reads, in this order.
+local function read_session(key)
+  return redis.call('HMGET', key, 'uid', 'cur', 'prev', 'last', 'abs', 'idle', 'cid',
+    'scope', 'ep', 'auth', 'created', 'ip', 'ua', 'plast')
+end
+
+-- The refresh-token rule, one place for rotate.lua (which acts on the verdict) and
+-- peek.lua (read-only): `f` is read_session's reply, `ep` the current epoch, `mark_key`
+-- the revocation mark of the session's user. The verdict: unknown (no session), fenced
+-- (created before the last fence: its state may be a restored, outdated copy), revoked
+-- (authenticated at or before its user's mark), expired, current (`jti` is the current
+-- refresh token), grace (the previous one, issued less than `grace` ago) or reuse.
+local function judge(f, sid, jti, now, ep, mark_key, grace)
+  if not f[1] then return 'unknown' end
+  if tonumber(f[9] or '1') < ep then return 'fenced' end
+  local mark_at, keep = user_mark(mark_key)
+  if revoked_by_mark(mark_at, keep, sid, f[10] or f[11]) then return 'revoked' end
+  if now >= tonumber(f[6]) or now >= tonumber(f[5]) then return 'expired' end
+  if jti == f[2] then return 'current' end
+  if jti == f[3] and now < tonumber(f[4]) + grace then return 'grace' end
+  return 'reuse'
 end

@@ -33,7 +33,7 @@ async def _login_raw(client: Any, username: str, headers: list[tuple[bytes, byte
 
 
 async def _session_hash(client: Any, redis: Any, sid: str) -> tuple[dict[str, str], str]:
-    name = client.server.app[AUTH].sessions.session_key(sid)
+    name = client.server.app[AUTH].sessions.keys.session(sid)
     return await redis.hgetall(name), await redis.object("encoding", name)
 
 

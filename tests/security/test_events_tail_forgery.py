@@ -18,6 +18,7 @@ from typing import Any
 import pytest
 import redis.asyncio as aioredis
 
+from service.keyspace import Keyspace
 from tests.conftest import REDIS_URL, EmitRevocation
 
 pytestmark = pytest.mark.security
@@ -60,7 +61,7 @@ def parsed(line: str) -> dict[str, Any]:
 
 async def stream_lines(redis_client: aioredis.Redis, prefix: str) -> dict[str, dict[str, Any]]:
     """What the tail must print for each stream entry, by entry id."""
-    entries = await redis_client.xrange(f"{prefix}:events")
+    entries = await redis_client.xrange(Keyspace(prefix).events)
     return {
         entry_id: {**json.loads(fields["event"]), "id": entry_id} for entry_id, fields in entries
     }
@@ -99,7 +100,7 @@ async def test_the_tail_prints_stream_entries_only(
                     await emit_revocation("session.revoked", sub="u", sid="probe")
                     await asyncio.wait([first], timeout=0.3)
             printed.append(first.result())
-        channel = f"{redis_prefix}:revocations"
+        channel = Keyspace(redis_prefix).channel
         last_real = json.loads(printed[-1])["id"]
         ms = int(last_real.partition("-")[0])
         for payload in (

@@ -17,6 +17,7 @@ from typing import Any
 import pytest
 
 from service.http.appkeys import AUTH, KEYRING, KEYSTORE
+from service.keyspace import Keyspace
 from tests.helpers import bearer, login, register, unverified
 from workers.rotation import rotate_and_announce
 
@@ -68,7 +69,7 @@ async def test_a_forged_future_id_does_not_hide_later_logouts(
     resp = await tokend.post("/auth/logout", headers=bearer(tokens["access_token"]))
     assert resp.status == 204
     await eventually(lambda: listener.is_revoked(claims))
-    top = await redis_client.xrevrange(f"{listener.prefix}:events", count=1)
+    top = await redis_client.xrevrange(Keyspace(listener.prefix).events, count=1)
     assert listener.last_id == top[0][0], "the position moved on channel data"
     forged = {"sid": "forged-sid", "sub": "victim", "jti": "x", "iat": int(time.time())}
     assert not listener.is_revoked(forged), "a deny entry was made from channel data"
@@ -148,7 +149,7 @@ async def test_forged_key_events_do_not_reload_keys_from_sql(
     loads = await _counted_loads(tokend)
     # a real key.rotated first: an attacker may copy its id
     assert await _rotate_and_wait(tokend)
-    old_id = (await redis_client.xrevrange(f"{redis_prefix}:events", count=1))[0][0]
+    old_id = (await redis_client.xrevrange(Keyspace(redis_prefix).events, count=1))[0][0]
     loads[0] = 0
     kinds = [
         lambda i: forged_event(type="key.rotated", id=f"{FAR_FUTURE_ID[:-2]}-{i}"),
@@ -157,7 +158,7 @@ async def test_forged_key_events_do_not_reload_keys_from_sql(
         lambda i: forged_event(type="key.rotated", id=f"{int(time.time() * 1000)}-{i}"),
     ]
     messages = [kinds[i % len(kinds)](i) for i in range(1000)]
-    await _publish_burst(redis_client, f"{redis_prefix}:revocations", messages)
+    await _publish_burst(redis_client, Keyspace(redis_prefix).channel, messages)
     # a real rotation after the burst: when it has reloaded, the burst was handled
     rotated = await _rotate_and_wait(tokend)
     # rotate_and_announce loads once itself, the watcher once for the real event
@@ -179,7 +180,7 @@ async def test_junk_on_the_channel_does_not_stop_the_key_watcher(
         '{"type": "key.rotated", "id": 12}',
         "\xff key.rotated",
     ]
-    await _publish_burst(redis_client, f"{redis_prefix}:revocations", junk * 20)
+    await _publish_burst(redis_client, Keyspace(redis_prefix).channel, junk * 20)
     rotated = await _rotate_and_wait(tokend)
     assert rotated, "a real key.rotated after junk messages did not reload the keys"
     assert loads[0] <= 2

@@ -15,6 +15,7 @@ import pytest
 from multidict import CIMultiDict
 
 from service.errors import ConfigError
+from service.keyspace import Keyspace
 from service.settings import Settings
 from tests.helpers import PASSWORD, bearer
 
@@ -62,8 +63,10 @@ async def test_a_spoofed_left_most_address_does_not_move_the_ip_limit(
         assert status == 401
     status, body = await _fail_login(client, "user9", "10.9.9.9, 203.0.113.7")
     assert status == 429 and body["error"] == "slow_down", body
-    ip_keys = [k async for k in redis_client.scan_iter(match=f"{redis_prefix}:lf:ip:*")]
-    assert ip_keys == [f"{redis_prefix}:lf:ip:203.0.113.7"]
+    ip_keys = [
+        k async for k in redis_client.scan_iter(match=Keyspace(redis_prefix).limit_ip("lf", "*"))
+    ]
+    assert ip_keys == [Keyspace(redis_prefix).limit_ip("lf", "203.0.113.7")]
 
 
 async def test_the_session_records_the_address_the_proxy_saw(make_client) -> None:
@@ -135,8 +138,10 @@ async def test_the_header_is_ignored_unless_the_peer_is_a_trusted_proxy(
         assert status == 401
     status, body = await _fail_login(client, "user9", "198.51.100.9")
     assert status == 429, body
-    ip_keys = [k async for k in redis_client.scan_iter(match=f"{redis_prefix}:lf:ip:*")]
-    assert ip_keys == [f"{redis_prefix}:lf:ip:{PEER}"]
+    ip_keys = [
+        k async for k in redis_client.scan_iter(match=Keyspace(redis_prefix).limit_ip("lf", "*"))
+    ]
+    assert ip_keys == [Keyspace(redis_prefix).limit_ip("lf", PEER)]
 
 
 def test_trusted_proxies_are_parsed_as_networks() -> None:

@@ -13,6 +13,7 @@ import pytest
 from sqlalchemy import text
 
 from service.http.appkeys import AUTH, ENGINE
+from service.keyspace import Keyspace
 from tests.helpers import PASSWORD, register
 
 pytestmark = pytest.mark.security
@@ -220,5 +221,7 @@ async def test_a_spoofed_forwarded_for_does_not_escape_the_ip_limit(
         assert status == 401
     status, body, headers = await _attempt(client, "user9", **{"X-Forwarded-For": "10.9.9.9"})
     assert status == 429 and body["error"] == "slow_down" and headers["Retry-After"]
-    ip_keys = [k async for k in redis_client.scan_iter(match=f"{redis_prefix}:lf:ip:*")]
-    assert ip_keys == [f"{redis_prefix}:lf:ip:127.0.0.1"]
+    ip_keys = [
+        k async for k in redis_client.scan_iter(match=Keyspace(redis_prefix).limit_ip("lf", "*"))
+    ]
+    assert ip_keys == [Keyspace(redis_prefix).limit_ip("lf", "127.0.0.1")]

@@ -18,6 +18,7 @@ import aiohttp
 import jwt
 import pytest
 
+from service.keyspace import Keyspace
 from tests import test_oidc as e2e
 from tests.helpers import bearer, login, register_and_login
 from tests.test_oidc import (
@@ -204,7 +205,7 @@ async def test_login_code_needs_the_apps_code_verifier(make_world: MakeWorld) ->
 async def _state_records(world: World) -> int:
     redis = aiohttp_redis()
     try:
-        pattern = f"{world.settings.redis_prefix}:oidc:state:*"
+        pattern = Keyspace(world.settings.redis_prefix).pattern_under("oidc", "state")
         return len([key async for key in redis.scan_iter(match=pattern, count=1000)])
     finally:
         await redis.aclose()

@@ -10,6 +10,7 @@ from typing import Any
 
 import pytest
 
+from service.keyspace import Keyspace
 from service.migrate import upgrade_async
 from tests.helpers import PASSWORD, register
 from tests.security.support import PostgresServer, postgres_bin
@@ -34,7 +35,7 @@ def postgres() -> Iterator[PostgresServer]:
 
 
 async def _counters(redis_client: Any, prefix: str) -> dict[str, str]:
-    keys = [k async for k in redis_client.scan_iter(match=f"{prefix}:lf:*")]
+    keys = [k async for k in redis_client.scan_iter(match=Keyspace(prefix).pattern_under("lf"))]
     values = await redis_client.mget(keys) if keys else []
     return {k: v for k, v in zip(keys, values, strict=True) if v not in (None, "0")}
 

@@ -12,6 +12,7 @@ import aiohttp
 import pytest
 
 from service.http.appkeys import METRICS, SETTINGS
+from service.keyspace import Keyspace
 from tests.helpers import bearer, register_and_login, unverified
 
 pytestmark = pytest.mark.security
@@ -59,7 +60,7 @@ async def test_a_thousand_concurrent_refreshes_of_one_token(
     assert metrics.get_sample_value("tokend_refreshes_total", {"result": "grace"}) == 999
 
     prefix = client.app[SETTINGS].redis_prefix
-    state = await redis_client.hgetall(f"{prefix}:s:{{{original['sid']}}}")
+    state = await redis_client.hgetall(Keyspace(prefix).session(original["sid"]))
     assert state["cur"] == successor and state["prev"] == original["jti"]
 
     # after the grace, replaying the original is reuse: the whole session is revoked
@@ -72,7 +73,7 @@ async def test_a_thousand_concurrent_refreshes_of_one_token(
     for _, body in results[:50]:
         resp = await client.get("/auth/me", headers=bearer(body["access_token"]))
         assert resp.status == 401
-    assert await redis_client.exists(f"{prefix}:s:{{{original['sid']}}}") == 0
-    entries = await redis_client.xrange(f"{prefix}:events")
+    assert await redis_client.exists(Keyspace(prefix).session(original["sid"])) == 0
+    entries = await redis_client.xrange(Keyspace(prefix).events)
     reasons = [json.loads(fields["event"])["reason"] for _, fields in entries]
     assert reasons == ["refresh_token_reuse"]

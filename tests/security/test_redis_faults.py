@@ -17,6 +17,7 @@ import redis.asyncio as aioredis
 
 from service.auth import ClientInfo
 from service.http.appkeys import AUTH, FENCE, SETTINGS
+from service.keyspace import Keyspace
 from tests.helpers import bearer, login, register, unverified
 from tests.security.support import RedisServer
 
@@ -65,7 +66,7 @@ async def me_status(client: Any, token: str) -> int:
 async def events(url: str, prefix: str) -> list[dict[str, Any]]:
     admin = aioredis.Redis.from_url(url, decode_responses=True)
     try:
-        entries = await admin.xrange(f"{prefix}:events")
+        entries = await admin.xrange(Keyspace(prefix).events)
     finally:
         await admin.aclose()
     return [json.loads(fields["event"]) for _, fields in entries]
@@ -144,7 +145,7 @@ async def test_kill_9_during_500_concurrent_refreshes(
     prefix = client.app[SETTINGS].redis_prefix
     try:
         for i, pair in enumerate(pairs):
-            state = await admin.hgetall(f"{prefix}:s:{{{pair.sid}}}")
+            state = await admin.hgetall(Keyspace(prefix).session(pair.sid))
             if persistence == "none":
                 assert state == {}
                 continue

@@ -15,6 +15,7 @@ import pytest
 from service.cli import disable_user_cli
 from service.clock import FrozenClock
 from service.http.appkeys import AUTH, FENCE, METRICS, SETTINGS
+from service.keyspace import Keyspace
 from tests.helpers import bearer, login, register, unverified
 
 pytestmark = pytest.mark.security
@@ -22,7 +23,7 @@ pytestmark = pytest.mark.security
 
 async def stream(client: Any, redis_client: Any) -> list[dict[str, Any]]:
     prefix = client.app[SETTINGS].redis_prefix
-    return [json.loads(f["event"]) for _, f in await redis_client.xrange(f"{prefix}:events")]
+    return [json.loads(f["event"]) for _, f in await redis_client.xrange(Keyspace(prefix).events)]
 
 
 async def eventually(predicate: Any, timeout: float = 10) -> None:
@@ -74,7 +75,7 @@ async def _rolled_back(client: Any, redis_client: Any) -> str:
     fence = client.app[FENCE]
     await fence.checkpoint()
     assert fence.known is not None
-    await redis_client.set(f"{prefix}:gen", fence.known.gen - 2)
+    await redis_client.set(Keyspace(prefix).gen, fence.known.gen - 2)
     return prefix
 
 

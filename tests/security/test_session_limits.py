@@ -12,6 +12,7 @@ import pytest
 import redis.asyncio as aioredis
 
 from service.http.appkeys import AUTH, SETTINGS
+from service.keyspace import Keyspace
 from service.redisconn import make_redis
 from service.sessions import SessionStore
 from service.settings import Settings
@@ -23,7 +24,7 @@ pytestmark = pytest.mark.security
 
 async def events(client: Any, redis_client: Any) -> list[dict[str, Any]]:
     prefix = client.app[SETTINGS].redis_prefix
-    return [json.loads(f["event"]) for _, f in await redis_client.xrange(f"{prefix}:events")]
+    return [json.loads(f["event"]) for _, f in await redis_client.xrange(Keyspace(prefix).events)]
 
 
 async def refresh_status(client: Any, tokens: dict[str, Any]) -> int:
@@ -154,7 +155,7 @@ async def test_revoking_a_user_costs_the_same_whatever_their_session_count(
                 for sid in many[1:50]:
                     assert (await store.rotate(**_use(sid))).status == "revoked"
         # one event per revocation, not one per session
-        stream = await redis.xrange(f"{settings.redis_prefix}:events")
+        stream = await redis.xrange(Keyspace(settings.redis_prefix).events)
         kinds = [json.loads(f["event"])["type"] for _, f in stream]
         assert kinds == ["user.revoked"] * 5
         assert (await store.rotate(**_use(many[0]))).status == "revoked"

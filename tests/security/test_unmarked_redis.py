@@ -19,6 +19,7 @@ import redis.asyncio as aioredis
 from aiohttp import web
 
 from service.http.appkeys import SETTINGS
+from service.keyspace import Keyspace
 from tests.conftest import REDIS_URL
 from tests.helpers import bearer, register_and_login, unverified
 from tokend_client import CLAIMS_KEY, RevocationListener, TokenVerifier, setup
@@ -37,7 +38,7 @@ async def unmarked_prefix(redis_client: aioredis.Redis) -> AsyncIterator[str]:
     """A prefix no tokend has ever used on the shared Redis; its keys go afterwards."""
     prefix = f"tokend-unmarked-{uuid.uuid4().hex[:12]}"
     yield prefix
-    keys = [k async for k in redis_client.scan_iter(match=f"{prefix}:*")]
+    keys = [k async for k in redis_client.scan_iter(match=Keyspace(prefix).pattern)]
     if keys:
         await redis_client.delete(*keys)
 
@@ -71,7 +72,7 @@ async def test_not_ready_until_tokend_has_marked_the_redis(
     assert resp.headers["Retry-After"] == "1"
     assert (await resp.json())["error"] == "temporarily_unavailable"
 
-    await redis_client.set(f"{unmarked_prefix}:epoch", 1, nx=True)  # what tokend does
+    await redis_client.set(Keyspace(unmarked_prefix).epoch, 1, nx=True)  # what tokend does
     async with asyncio.timeout(5):
         await listener.wait_ready()
     assert listener.ready
@@ -85,7 +86,7 @@ async def test_a_tokend_deployment_marks_its_redis(
     """The fixtures' real app (tokend's start-up fence) sets the marker: subscribers get
     ready at once and let valid tokens through."""
     tokend = await make_client()
-    assert await redis_client.get(f"{redis_prefix}:epoch") == "1"
+    assert await redis_client.get(Keyspace(redis_prefix).epoch) == "1"
     listener = RevocationListener(REDIS_URL, prefix=redis_prefix)
     started = time.monotonic()
     service = await protected(aiohttp_client, tokend, listener)
