@@ -169,7 +169,7 @@ async def _memory(n: int) -> Section:
                 rotated = await _used_memory(redis) - base
                 kinds = await _key_bytes(redis, prefix)
                 rotated_keys = sum(kinds.values())
-                encoding = await redis.object("encoding", store.session_key(made[0][0]))
+                encoding = await redis.object("encoding", store.keys.session(made[0][0]))
             finally:
                 cleanup_redis_prefix(prefix)
             rows.append([label, f"{len(sent)} chars sent, {len(ua.encode())} B recorded",

@@ -15,7 +15,6 @@ import argparse
 import asyncio
 import time
 from dataclasses import replace
-from importlib import resources
 from pathlib import Path
 
 from bench.harness import REDIS_URL, cleanup_redis_prefix, fmt, median, new_prefix
@@ -29,8 +28,8 @@ CHUNK = 2_000
 
 
 def _walk_script() -> str:
-    common = (resources.files("service") / "lua" / "common.lua").read_text()
-    return common + "\n" + (Path(__file__).parent / "revoke_user_walk.lua").read_text()
+    # self-contained: it carries the helpers of its time, deriving keys from the prefix
+    return (Path(__file__).parent / "revoke_user_walk.lua").read_text()
 
 
 async def _fill(store: SessionStore, uid: str, n: int, now: float) -> list[str]:
@@ -78,7 +77,7 @@ async def _one(method: str, n: int, keep: bool) -> tuple[float, float, int]:
             await store.revoke_user(uid="many", now=now, reason=reason, keep_sid=keep_sid)
         else:
             await walk(
-                keys=[store.user_index_key("many"), store.deny_user_key("many")],
+                keys=[store.keys.user_index("many"), store.keys.user_mark("many")],
                 args=[prefix, "many", reason, now, store.deny_until(now), 960, keep_sid],
             )
         took = time.perf_counter() - started
