@@ -5,6 +5,8 @@ neither redis nor prometheus-client."""
 from __future__ import annotations
 
 import ast
+import functools
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -27,6 +29,26 @@ def _modules() -> dict[str, Path]:
 
 
 def _imports(name: str, path: Path) -> set[str]:
+    """Every module ``name`` imports (parsed in a fresh interpreter: see _parsed_imports)."""
+    return _parsed_imports()[name]
+
+
+@functools.cache
+def _parsed_imports() -> dict[str, set[str]]:
+    """The imports of every module, parsed by a child interpreter. CPython 3.11's ast
+    raises SystemError ("AST constructor recursion depth mismatch") in a process where a
+    C-level RecursionError was raised before (the JSON fuzz tests provoke them)."""
+    code = (
+        "import json, tests.test_imports as t; "
+        "print(json.dumps({n: sorted(t._imports_here(n, p)) for n, p in t._modules().items()}))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True
+    ).stdout
+    return {name: set(targets) for name, targets in json.loads(out).items()}
+
+
+def _imports_here(name: str, path: Path) -> set[str]:
     """Every module ``name`` imports, at any depth of the file (a function's import too)."""
     is_package = path.name == "__init__.py"
     package = name if is_package else name.rpartition(".")[0]
