@@ -84,12 +84,7 @@ class Refresh:
             # tokens from /auth/login belong to no client and refresh at /auth/refresh.
             return "invalid", InvalidToken("refresh token was issued to another client")
         sid = claims["sid"]
-        if scope is not None:
-            # Refuse a widening before the rotation consumes the presented token. A
-            # session's scope never changes, so the rotation's reply agrees with this.
-            live = await self.sessions.live_grant(sid=sid, jti=claims["jti"], now=now)
-            if live is not None:
-                narrow_scope(live.scope, scope)
+        # One script: it refuses a widened scope before it consumes the presented token.
         rotation = await self.sessions.rotate(
             sid=sid,
             uid=claims["sub"],
@@ -98,7 +93,10 @@ class Refresh:
             now=now,
             user_agent=client.user_agent,
             ip=client.ip,
+            scope=scope,
         )
+        if rotation.status == "scope" and scope is not None:
+            narrow_scope(rotation.scope, scope)  # raises InvalidScope, naming the extra
         if rotation.status not in ("rotated", "grace"):
             return self._refused(rotation, sid, client)
         # No user lookup here: the session in Redis is authoritative, and disabling a

@@ -18,7 +18,8 @@ Reported = tuple[Any, Any]
 @dataclass(frozen=True)
 class Rotation:
     """What a refresh did: ``status`` is rotated, grace, reuse, expired, unknown, fenced,
-    revoked (ended by its user's revocation mark) or mismatch (another user's session).
+    revoked (ended by its user's revocation mark), mismatch (another user's session) or
+    scope (a requested scope beyond the grant, in ``scope``; nothing changed).
 
     On reuse, ``reuse_kind`` is ``concurrent`` (within the grace window of the last
     rotation: most likely a client's own race) or ``replay``, and ``other_ip`` and
@@ -47,6 +48,9 @@ def rotation(result: list[Any]) -> tuple[Rotation, Reported | None]:
             status, uid, jti, int(iat), int(exp), cid or "", scope or "", float(auth or 0)
         )
         return rot, (gen, epoch)
+    if status == "scope":
+        _, uid, granted = result
+        return Rotation(status, uid, scope=granted or ""), None
     if status == "reuse":
         _, uid, gen, epoch, kind, ip, ua = result
         return Rotation(status, uid, reuse_kind=kind, other_ip=ip, other_ua=ua), (gen, epoch)

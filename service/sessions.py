@@ -223,9 +223,11 @@ class SessionStore:
         now: float,
         user_agent: str = "",
         ip: str = "",
+        scope: str | None = None,
     ) -> Rotation:
         """Atomically rotate, replay within grace, or detect reuse (see rotate.lua).
-        ``uid`` is the user the refresh token names."""
+        ``uid`` is the user the refresh token names; ``scope``, when given, must stay
+        within the session's grant, else the status is ``scope`` and nothing changes."""
         k = self.keys
         keys = [
             *self._head,
@@ -236,7 +238,7 @@ class SessionStore:
             k.deny_session(sid),
         ]
         args: list[Any] = [sid, jti, now, new_jti, self.idle_ttl, self.grace, self.deny_until(now)]
-        args += [user_agent, ip, uid]
+        args += [user_agent, ip, uid, "0" if scope is None else "1", scope or ""]
         result = await run_checked(
             self.fence,
             lambda known: self._batch.script(self._rotate, keys, [*known, self.retention, *args]),

@@ -12,7 +12,7 @@ from urllib.parse import quote_plus
 import pytest
 
 from service.devredis import free_port
-from service.http.appkeys import REDIS
+from service.http.appkeys import AUTH, REDIS
 from tests.helpers import (
     PASSWORD,
     add_user,
@@ -342,6 +342,11 @@ async def test_wrong_tokens_at_the_refresh_grant_are_invalid_grant(make_client) 
 async def test_refresh_scope_may_narrow_never_widen(make_client) -> None:
     client = await oauth_client(make_client, TOKEND_REFRESH_REUSE_GRACE="0")
     tokens = await password_grant(client, scope="read write")
+
+    async def no_read_first(**kwargs: Any) -> Any:
+        raise AssertionError("the rotation itself judges the scope: no read before it")
+
+    client.app[AUTH].sessions.live_grant = no_read_first
     resp = await refresh_grant(client, tokens["refresh_token"], scope="read write admin")
     body = await error_of(resp, 400, "invalid_scope")
     assert "admin" in body["error_description"]

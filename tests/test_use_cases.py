@@ -25,3 +25,32 @@ async def test_rotate_with_another_uid_is_mismatch_and_leaves_the_session(
     # the presented token was not consumed: it still rotates, once
     resp = await client.post("/auth/refresh", headers=bearer(tokens["refresh_token"]))
     assert resp.status == 200, await resp.text()
+
+
+async def test_a_widened_scope_is_refused_inside_the_rotation_untouched(make_client) -> None:
+    """rotate.lua itself refuses a scope beyond the grant before it writes anything (the
+    refresh grant needs no read before it: test_oauth's narrow/widen test)."""
+    client = await make_client()
+    tokens = await register_and_login(client, "alice")
+    sessions, now = client.app[AUTH].sessions, client.app[CLOCK]()
+    claims = client.app[AUTH].tokens.verify_refresh(tokens["refresh_token"], now)
+    before = await sessions.get(claims["sid"])
+    rotation = await sessions.rotate(
+        sid=claims["sid"],
+        uid=claims["sub"],
+        jti=claims["jti"],
+        new_jti="n",
+        now=now,
+        scope="admin",
+    )
+    assert rotation.status == "scope" and rotation.scope == ""
+    assert await sessions.get(claims["sid"]) == before
+    narrowed = await sessions.rotate(
+        sid=claims["sid"],
+        uid=claims["sub"],
+        jti=claims["jti"],
+        new_jti="n2",
+        now=now,
+        scope="",
+    )
+    assert narrowed.status == "rotated"

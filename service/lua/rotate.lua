@@ -3,12 +3,14 @@
 --       user the refresh token names, that user's index, the session's expiry shard,
 --       the session's deny key
 -- ARGV: (known_epoch known_gen retention) sid presented_jti now new_jti idle_ttl grace
---       deny_until ua ip uid
+--       deny_until ua ip uid scope_requested('1'|'0') requested_scope
 -- Replies (decoded by service/replies.py `rotation`):
 --   {'rotated' | 'grace', uid, jti, iat, exp, cid, scope, gen, epoch, auth}
 --   {'reuse', uid, gen, epoch, kind, ip, ua}   kind: concurrent (the presented token was
 --        superseded less than the grace ago: most likely the client's own race) or
 --        replay; ip and ua of the session's last use
+--   {'scope', uid, granted scope}: a live token asked for a scope beyond the session's
+--        grant (RFC 6749 section 6); nothing was written, the token is not consumed
 --   {'expired' | 'fenced' | 'revoked' | 'mismatch', uid}, {'unknown'} and {'stale'}
 -- stale: this Redis is behind the caller's known position (fence.py) and nothing was
 -- read or changed; fenced: the session predates a fence and has just been ended;
@@ -36,6 +38,13 @@ if verdict == 'fenced' or verdict == 'revoked' then
 end
 if verdict == 'expired' then return {'expired', uid} end
 local auth = f[10] or f[11]
+if (verdict == 'current' or verdict == 'grace') and ARGV[14] == '1' then
+  local granted = {}
+  for word in string.gmatch(f[8] or '', '%S+') do granted[word] = true end
+  for word in string.gmatch(ARGV[15], '%S+') do
+    if not granted[word] then return {'scope', uid, f[8] or ''} end
+  end
+end
 if verdict == 'current' then
   local iat = math.floor(now)
   local exp = math.min(iat + tonumber(ARGV[8]), math.floor(tonumber(f[5])))
