@@ -58,27 +58,6 @@ def sign_raw(client: Any, header: dict[str, Any], claims: dict[str, Any]) -> str
     return forge({"alg": key.alg, **header}, claims, lambda data: algorithm.sign(data, key.private))
 
 
-async def me(client: Any, token: str) -> tuple[int, dict[str, Any], Any]:
-    resp = await client.get("/auth/me", headers={"Authorization": f"Bearer {token}"})
-    return resp.status, await resp.json(), resp.headers
-
-
-async def refresh(client: Any, token: str) -> tuple[int, dict[str, Any], Any]:
-    resp = await client.post("/auth/refresh", headers={"Authorization": f"Bearer {token}"})
-    return resp.status, await resp.json(), resp.headers
-
-
-def assert_invalid_token(status: int, body: dict[str, Any], headers: Any, token: str) -> None:
-    """401 invalid_token per RFC 6750, and no part of the token echoed."""
-    assert status == 401, body
-    assert body["error"] == "invalid_token", body
-    assert 'error="invalid_token"' in headers["WWW-Authenticate"]
-    text = json.dumps(body) + headers["WWW-Authenticate"]
-    for part in token.split("."):
-        if len(part) >= 8:
-            assert part not in text
-
-
 async def subscriber_rejects(verifier: Any, token: str) -> str:
     """The subscriber library (tokend_client.TokenVerifier) refuses the token; why."""
     from tokend_client import InvalidToken
