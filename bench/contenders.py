@@ -18,6 +18,7 @@ from pathlib import Path
 from bench.harness import (
     GUNICORN,
     HERE,
+    NO_LOGIN_LIMITS,
     PYTHON,
     ROOT,
     cleanup_redis_prefix,
@@ -63,7 +64,7 @@ def _setup(cmd: list[str], cwd: Path, env: dict[str, str]) -> None:
 
 @contextlib.contextmanager
 def tokend(sessions: int) -> Iterator[WrkTarget]:
-    with tokend_server() as server, workdir("tokens") as wd:
+    with tokend_server(NO_LOGIN_LIMITS) as server, workdir("tokens") as wd:
         bodies = asyncio.run(make_sessions(server.url, sessions))
         tokens = write_lines(wd / "tokens", [b["refresh_token"] for b in bodies])
         yield WrkTarget(server.url + "/auth/refresh", REFRESH_LUA, {"TOKEN_FILE": str(tokens)})
