@@ -15,15 +15,12 @@ out a one-time ``link_code`` that only the same session (uid and sid) can confir
 
 from __future__ import annotations
 
-import base64
-import hashlib
 import hmac
 import json
-import re
 import secrets
 from collections.abc import Mapping
 from dataclasses import dataclass
-from urllib.parse import parse_qsl, quote, unquote, urlencode, urlsplit, urlunsplit
+from urllib.parse import quote, urlencode
 
 from redis.asyncio import Redis
 
@@ -34,11 +31,13 @@ from .errors import (
     SocialLoginDenied,
     SocialLoginFailed,
     SocialLoginRefused,
+    TokendError,
 )
 from .flowlimit import FlowStartLimiter
 from .identities import ExternalAccount, Identity, IdentityStore
 from .keyspace import Keyspace
 from .oidc import ProviderClient
+from .oidc_rules import VERIFIER, binding_hash, return_to_allowed, s256
 from .redisconn import redis_errors
 from .users import User
 
@@ -46,14 +45,9 @@ STATE_TTL = 600
 LOGIN_CODE_TTL = 60
 LINK_TICKET_TTL = 60
 LINK_CODE_TTL = 300
-MAX_RETURN_TO = 2048
 # Every field of a state record is bounded (return_to by MAX_RETURN_TO, the provider name
 # by the settings, the rest are fixed-size); this is the cap on the whole record.
 MAX_STATE_RECORD = 4096
-
-# RFC 7636 section 4.2 (S256: base64url of a SHA-256, 43 characters) and section 4.1.
-_CHALLENGE = re.compile(r"[A-Za-z0-9_-]{43}")
-_VERIFIER = re.compile(r"[A-Za-z0-9._~-]{43,128}")
 
 # RFC 6749 section 4.1.2.1 codes passed on from the provider; anything else reads access_denied.
 PROVIDER_ERRORS = frozenset(
@@ -86,74 +80,15 @@ class PendingLogin:
     code_challenge: str | None = None
 
 
-def s256(verifier: str) -> str:
-    """RFC 7636 S256: the code_challenge of a code_verifier."""
-    digest = hashlib.sha256(verifier.encode("ascii")).digest()
-    return base64.urlsafe_b64encode(digest).rstrip(b"=").decode()
+@dataclass(frozen=True)
+class Completed:
+    """What a finished callback hands out: exactly one of a link code (for ``provider``),
+    a login code (for the return_to) or the token pair."""
 
-
-def check_code_challenge(challenge: object, method: object) -> str:
-    """A well-formed S256 code_challenge; 400 otherwise (``plain`` is refused)."""
-    if method not in (None, "S256"):
-        raise SocialLoginFailed("code_challenge_method must be S256")
-    if not isinstance(challenge, str) or not _CHALLENGE.fullmatch(challenge):
-        raise SocialLoginFailed(
-            "a return_to needs a code_challenge: base64url(SHA-256(code_verifier)), "
-            "43 characters (RFC 7636 S256)"
-        )
-    return challenge
-
-
-def _port(scheme: str, port: int | None) -> int | None:
-    return port or {"http": 80, "https": 443}.get(scheme)
-
-
-def return_to_allowed(url: str, prefixes: tuple[str, ...]) -> bool:
-    """Whether ``url`` starts with an allowed prefix, compared on parsed URLs.
-
-    Scheme, host and port must be equal (so ``https://app.example.com.evil.com`` never
-    matches ``https://app.example.com``) and the path must continue the prefix's path at
-    a segment boundary; userinfo, backslashes and dot segments are refused outright.
-    """
-    if len(url) > MAX_RETURN_TO or any(c in url for c in "\\\r\n\t ") or not url.isprintable():
-        return False
-    try:
-        got = urlsplit(url)
-        got_port = _port(got.scheme, got.port)
-    except ValueError:
-        return False
-    if got.username is not None or got.password is not None or not got.hostname:
-        return False
-    if any(seg in (".", "..") for seg in unquote(got.path).split("/")):
-        return False
-    for prefix in prefixes:
-        want = urlsplit(prefix)
-        if (got.scheme.lower(), got.hostname, got_port) != (
-            want.scheme.lower(),
-            want.hostname,
-            _port(want.scheme, want.port),
-        ):
-            continue
-        base = want.path or "/"
-        path = got.path or "/"
-        if base.endswith("/") and path.startswith(base):
-            return True
-        if path == base or path.startswith(base + "/"):
-            return True
-    return False
-
-
-def with_query(url: str, **params: str) -> str:
-    """``url`` with ``params`` added to its query (its fragment kept)."""
-    parts = urlsplit(url)
-    query = parse_qsl(parts.query, keep_blank_values=True)
-    query = [(k, v) for k, v in query if k not in params] + list(params.items())
-    return urlunsplit(parts._replace(query=urlencode(query)))
-
-
-def binding_hash(browser: str) -> str:
-    """What is stored for the browser-binding cookie: its hash, never the value."""
-    return hashlib.sha256(browser.encode()).hexdigest()
+    link_code: str | None = None
+    provider: str = ""
+    login_code: str | None = None
+    pair: TokenPair | None = None
 
 
 class SocialLogin:
@@ -294,6 +229,28 @@ class SocialLogin:
         claims = await client.verify_id_token(id_token, pending.nonce)
         return client.account(claims)
 
+    async def complete(
+        self, pending: PendingLogin, params: Mapping[str, str], client: ClientInfo
+    ) -> Completed:
+        """The callback's use case, after ``resume``: check the response and the ID
+        token, then hand out a link code (a link flow links nothing here), a login code
+        (with a return_to) or the token pair. A failure is counted once and raised."""
+        try:
+            account = await self.finish(pending, params)
+            if pending.link_user is not None:
+                code = await self.issue_link_code(pending, account)
+                return Completed(link_code=code, provider=account.provider)
+            user, checked_at = await self.local_user(account)
+            if pending.return_to:
+                code = await self.issue_login_code(
+                    user, client, checked_at=checked_at, code_challenge=pending.code_challenge
+                )
+                return Completed(login_code=code)
+            return Completed(pair=await self.start_session(user, client, checked_at=checked_at))
+        except TokendError:
+            self.auth.logins.social_failed()
+            raise
+
     async def local_user(self, account: ExternalAccount) -> tuple[User, float]:
         """The user linked to the account, or a new one (never matched by email), and when
         it was checked: Redis's clock, read before the user row, for ``start_session``'s
@@ -355,7 +312,7 @@ class SocialLogin:
         challenge = record.get("code_challenge")
         if not (
             isinstance(verifier, str)
-            and _VERIFIER.fullmatch(verifier)
+            and VERIFIER.fullmatch(verifier)
             and isinstance(challenge, str)
             and hmac.compare_digest(s256(verifier), challenge)
         ):

@@ -11,7 +11,7 @@ import pytest
 from service.errors import ConfigError
 from service.identities import username_base, username_candidates
 from service.oidc import discovery_url
-from service.oidc_flow import return_to_allowed, with_query
+from service.oidc_rules import return_to_allowed, with_query
 from service.settings import Settings
 
 PREFIXES = ("https://app.example.com/done", "https://app.example.com/spa/", "http://localhost:3000")

@@ -23,7 +23,8 @@ from sqlalchemy.ext.asyncio import async_sessionmaker
 from ..errors import BadRequest, TokendError
 from ..identities import SqlIdentityStore
 from ..oidc import HTTP_TIMEOUT, ProviderClient
-from ..oidc_flow import STATE_TTL, SocialLogin, check_code_challenge, with_query
+from ..oidc_flow import STATE_TTL, SocialLogin
+from ..oidc_rules import check_code_challenge, with_query
 from ..settings import Settings
 from .apidoc import oidc as spec
 from .appkeys import AUTH, CLOCK, ENGINE, OIDC, REDIS, SETTINGS
@@ -159,27 +160,10 @@ async def callback(request: web.Request) -> web.Response:
     pending = await flow.resume(
         request.match_info["provider"], params.get("state"), request.cookies.get(BROWSER_COOKIE)
     )
-    settings = request.app[SETTINGS]
-    client = client_info(request, settings)
+    client = client_info(request, request.app[SETTINGS])
     try:
-        account = await flow.finish(pending, params)
-        if pending.link_user is not None:
-            # Links nothing yet: the session that asked for the link confirms the code.
-            code = await flow.issue_link_code(pending, account)
-            if pending.return_to:
-                return _redirect(with_query(pending.return_to, link_code=code))
-            return web.json_response(
-                {"link_code": code, "provider": account.provider}, headers=NO_STORE
-            )
-        user, checked_at = await flow.local_user(account)
-        if pending.return_to:
-            code = await flow.issue_login_code(
-                user, client, checked_at=checked_at, code_challenge=pending.code_challenge
-            )
-            return _redirect(with_query(pending.return_to, login_code=code))
-        return token_response(await flow.start_session(user, client, checked_at=checked_at))
+        done = await flow.complete(pending, params, client)
     except TokendError as exc:
-        request.app[AUTH].logins.social_failed()
         if not pending.return_to:
             raise
         return _redirect(
@@ -189,6 +173,16 @@ async def callback(request: web.Request) -> web.Response:
                 error_description=exc.description,
             )
         )
+    if done.link_code is not None:  # links nothing yet: the asking session confirms it
+        if pending.return_to:
+            return _redirect(with_query(pending.return_to, link_code=done.link_code))
+        return web.json_response(
+            {"link_code": done.link_code, "provider": done.provider}, headers=NO_STORE
+        )
+    if done.login_code is not None and pending.return_to:
+        return _redirect(with_query(pending.return_to, login_code=done.login_code))
+    assert done.pair is not None
+    return token_response(done.pair)
 
 
 @routes.post("/auth/oidc/exchange")

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 from urllib.parse import urlsplit
 
-from ...oidc_flow import MAX_RETURN_TO
+from ...oidc_rules import MAX_RETURN_TO
 from ...settings import Settings
 from .core import (
     BEARER,
