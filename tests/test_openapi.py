@@ -17,7 +17,6 @@ import hashlib
 import json
 import os
 import re
-import secrets
 import shlex
 import shutil
 import sys
@@ -29,12 +28,9 @@ from typing import Any
 from urllib.parse import parse_qs, urlencode, urlsplit
 
 import aiohttp
-import jwt
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient
-from cryptography.hazmat.primitives.asymmetric import ed25519
-from jwt.algorithms import OKPAlgorithm
 
 from service.app import create_app
 from service.devredis import free_port
@@ -43,6 +39,7 @@ from service.http.appkeys import SETTINGS
 from service.http.openapi import UndocumentedRoute, build_document
 from service.settings import Settings
 from tests.helpers import PASSWORD, TokendTestServer, bearer
+from tests.support.oidc import FakeProvider
 
 CONFIG = Path(__file__).with_name("schemathesis.toml")
 CLIENT_ID, CLIENT_SECRET = "st-app", "st-app-secret"
@@ -199,69 +196,6 @@ async def test_openapi_json_is_listed_among_its_own_operations(make_client: Any)
     client: TestClient[Any, Any] = await make_client()
     document = await (await client.get("/openapi.json")).json()
     assert ("GET", "/openapi.json") in _operations(document)
-
-
-# -- a tiny OpenID provider for the social-login success paths -----------------------------
-
-
-class FakeProvider:
-    """Discovery, JWKS, an authorization endpoint that approves at once, a token endpoint."""
-
-    def __init__(self) -> None:
-        self.key = ed25519.Ed25519PrivateKey.generate()
-        jwk = OKPAlgorithm.to_jwk(self.key.public_key(), as_dict=True)
-        self.jwk = {**jwk, "kid": "k1", "alg": "EdDSA", "use": "sig"}
-        self.issuer = ""
-        self.codes: dict[str, dict[str, str]] = {}
-        app = web.Application()
-        app.router.add_get("/.well-known/openid-configuration", self._discovery)
-        app.router.add_get("/jwks", self._jwks)
-        app.router.add_get("/authorize", self._authorize)
-        app.router.add_post("/token", self._token)
-        self.app = app
-
-    async def _discovery(self, request: web.Request) -> web.Response:
-        return web.json_response(
-            {
-                "issuer": self.issuer,
-                "authorization_endpoint": f"{self.issuer}/authorize",
-                "token_endpoint": f"{self.issuer}/token",
-                "jwks_uri": f"{self.issuer}/jwks",
-                "token_endpoint_auth_methods_supported": ["client_secret_post"],
-                "id_token_signing_alg_values_supported": ["EdDSA"],
-                "authorization_response_iss_parameter_supported": True,
-            }
-        )
-
-    async def _jwks(self, request: web.Request) -> web.Response:
-        return web.json_response({"keys": [self.jwk]})
-
-    async def _authorize(self, request: web.Request) -> web.Response:
-        """Every login is approved, each for a new account (a new subject)."""
-        code = secrets.token_urlsafe(16)
-        self.codes[code] = {"nonce": request.query["nonce"], "sub": uuid.uuid4().hex}
-        query = urlencode({"code": code, "state": request.query["state"], "iss": self.issuer})
-        raise web.HTTPFound(f"{request.query['redirect_uri']}?{query}")
-
-    async def _token(self, request: web.Request) -> web.Response:
-        form = await request.post()
-        grant = self.codes.pop(str(form.get("code")), None)
-        if grant is None:
-            return web.json_response({"error": "invalid_grant"}, status=400)
-        now = int(time.time())
-        claims = {
-            "iss": self.issuer,
-            "sub": grant["sub"],
-            "aud": OIDC_CLIENT_ID,
-            "iat": now,
-            "exp": now + 300,
-            "nonce": grant["nonce"],
-            "email": f"{grant['sub'][:8]}@example.org",
-        }
-        id_token = jwt.encode(claims, self.key, algorithm="EdDSA", headers={"kid": "k1"})
-        return web.json_response(
-            {"access_token": "opaque", "token_type": "Bearer", "id_token": id_token}
-        )
 
 
 # -- preparing the instance ------------------------------------------------------------------
@@ -424,7 +358,7 @@ async def test_schemathesis_finds_nothing(
     aiohttp_client: Any, aiohttp_server: Any, make_settings: Any, tmp_path: Path
 ) -> None:
     st = _st()
-    provider = FakeProvider()
+    provider = FakeProvider.approving(OIDC_CLIENT_ID)
     provider_server = await aiohttp_server(provider.app)
     provider.issuer = str(provider_server.make_url("")).rstrip("/")
     port = free_port()
