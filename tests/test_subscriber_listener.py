@@ -12,21 +12,11 @@ from typing import Any
 
 import redis.asyncio as aioredis
 
+from service.clock import FrozenClock
 from service.keyspace import Keyspace
 from tests.helpers import bearer, login, register, unverified
 
 READY_TIMEOUT = 10
-
-
-class Clock:
-    def __init__(self, now: float) -> None:
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += seconds
 
 
 async def eventually(predicate: Callable[[], bool], timeout: float = 10) -> None:
@@ -198,7 +188,7 @@ async def test_entries_are_dropped_after_until(
 ) -> None:
     await mark_like_tokend(redis_client, redis_prefix)
     now = time.time()
-    clock = Clock(now)
+    clock = FrozenClock(now)
     listener = await ready(await make_listener(clock=clock, prune_interval=3600))
     await emit_revocation("session.revoked", sub="u1", sid="s1", at=now, until=now + 100)
     await emit_revocation("user.revoked", sub="u2", at=now, until=now + 100)

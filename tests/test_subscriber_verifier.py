@@ -19,6 +19,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519
 
 import tokend_client
+from service.clock import FrozenClock
 from service.devredis import free_port
 from service.http.appkeys import CLOCK, KEYRING
 from service.keys import public_jwk
@@ -27,16 +28,6 @@ from tokend_client import InvalidToken, JWKSUnavailable, TokenExpired, TokenVeri
 
 ISSUER = "http://127.0.0.1:8080"  # tokend's default TOKEND_ISSUER
 AUDIENCE = "tokend"
-
-
-class Clock:
-    """A settable clock for the verifier."""
-
-    def __init__(self, now: float) -> None:
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
 
 
 class JwksProxy:
@@ -203,14 +194,14 @@ async def test_verifies_a_real_login_token(make_client, aiohttp_server, alg) -> 
 
 async def test_expiry_and_issue_time_get_the_leeway(tokend, make_verifier) -> None:
     tokens, claims = await login_claims(tokend)
-    clock = Clock(claims["exp"] + 29)
+    clock = FrozenClock(claims["exp"] + 29)
     verifier = make_verifier(clock=clock, leeway=30)
     assert (await verifier.verify(tokens["access_token"]))["sid"] == claims["sid"]
     clock.now = claims["exp"] + 30
     error = await rejected(verifier.verify(tokens["access_token"]), "expired")
     assert isinstance(error, TokenExpired)
     # with no leeway the same token is expired as soon as exp is reached
-    strict = make_verifier(clock=Clock(claims["exp"]), leeway=0)
+    strict = make_verifier(clock=FrozenClock(claims["exp"]), leeway=0)
     with pytest.raises(TokenExpired):
         await strict.verify(tokens["access_token"])
     # a clock behind the issuer's: iat up to leeway in the future passes, beyond it not
@@ -222,7 +213,7 @@ async def test_expiry_and_issue_time_get_the_leeway(tokend, make_verifier) -> No
 
 async def test_not_before_in_the_future_is_rejected(tokend, make_verifier) -> None:
     _, claims = await login_claims(tokend)
-    verifier = make_verifier(clock=Clock(claims["iat"]), leeway=30)
+    verifier = make_verifier(clock=FrozenClock(claims["iat"]), leeway=30)
     await verifier.verify(sign_with_tokend_key(tokend, {**claims, "nbf": claims["iat"] + 29}))
     token = sign_with_tokend_key(tokend, {**claims, "nbf": claims["iat"] + 31})
     await rejected(verifier.verify(token), "not yet valid")
@@ -297,7 +288,7 @@ async def test_hs256_signed_with_the_public_key_is_rejected(tokend, make_verifie
 
 async def test_unknown_kid_costs_one_rate_limited_refetch(tokend, proxy, make_verifier) -> None:
     tokens, claims = await login_claims(tokend)
-    clock = Clock(claims["iat"])
+    clock = FrozenClock(claims["iat"])
     verifier = make_verifier(clock=clock, min_refetch_interval=30, cache_ttl=300)
     await verifier.verify(tokens["access_token"])
     assert proxy.hits == 1
@@ -330,7 +321,7 @@ async def test_unknown_kid_costs_one_rate_limited_refetch(tokend, proxy, make_ve
 
 async def test_a_key_published_later_is_found_by_the_refetch(tokend, proxy, make_verifier) -> None:
     tokens, claims = await login_claims(tokend)
-    clock = Clock(claims["iat"])
+    clock = FrozenClock(claims["iat"])
     verifier = make_verifier(clock=clock, min_refetch_interval=30)
     await verifier.verify(tokens["access_token"])
     private, jwk = attacker_key()  # stands in for tokend's next key
@@ -349,7 +340,7 @@ async def test_concurrent_callers_with_a_new_kid_all_wait_for_one_refetch(
 ) -> None:
     """The fetch the first caller starts serves everyone: none fails on the rate limit."""
     tokens, claims = await login_claims(tokend)
-    clock = Clock(claims["iat"])
+    clock = FrozenClock(claims["iat"])
     verifier = make_verifier(clock=clock, min_refetch_interval=30)
     await verifier.verify(tokens["access_token"])
     private, jwk = attacker_key()  # stands in for tokend's next key
@@ -401,7 +392,7 @@ async def test_jku_and_jwk_headers_are_never_followed(tokend, proxy, make_verifi
 
 async def test_jwks_is_cached_for_its_ttl(tokend, proxy, make_verifier) -> None:
     tokens, claims = await login_claims(tokend)
-    clock = Clock(claims["iat"])
+    clock = FrozenClock(claims["iat"])
     verifier = make_verifier(clock=clock, cache_ttl=300, min_refetch_interval=30)
     await asyncio.gather(*(verifier.verify(tokens["access_token"]) for _ in range(20)))
     for _ in range(20):
@@ -417,7 +408,7 @@ async def test_jwks_is_cached_for_its_ttl(tokend, proxy, make_verifier) -> None:
 
 async def test_stale_keys_serve_while_the_jwks_is_down(tokend, proxy, make_verifier) -> None:
     tokens, claims = await login_claims(tokend)
-    clock = Clock(claims["iat"])
+    clock = FrozenClock(claims["iat"])
     verifier = make_verifier(clock=clock, cache_ttl=60, min_refetch_interval=30)
     await verifier.verify(tokens["access_token"])
     proxy.fail = True
@@ -452,7 +443,7 @@ async def test_request_refresh_refetches_within_the_rate_limit(
     tokend, proxy, make_verifier
 ) -> None:
     tokens, claims = await login_claims(tokend)
-    clock = Clock(claims["iat"])
+    clock = FrozenClock(claims["iat"])
     verifier = make_verifier(clock=clock, cache_ttl=300, min_refetch_interval=30)
     await verifier.verify(tokens["access_token"])
     verifier.request_refresh()  # key.rotated right after a fetch: wait for the interval
@@ -491,7 +482,7 @@ async def test_unusable_jwks_entries_are_skipped(tokend, proxy, make_verifier) -
 async def test_a_cached_token_still_expires_at_exp(tokend, make_verifier) -> None:
     tokens, claims = await login_claims(tokend)
     token = tokens["access_token"]
-    clock = Clock(claims["iat"])
+    clock = FrozenClock(claims["iat"])
     verifier = make_verifier(clock=clock, leeway=30)
     await verifier.verify(token)
     assert (verifier.cache_misses, verifier.cache_hits, verifier.cached_tokens) == (1, 0, 1)
@@ -502,7 +493,7 @@ async def test_a_cached_token_still_expires_at_exp(tokend, make_verifier) -> Non
     await rejected(verifier.verify(token), "expired")
     assert verifier.cache_hits == 1 and verifier.cached_tokens == 0  # and dropped
     # without leeway a cached token is refused from the very second of its exp
-    strict_clock = Clock(claims["exp"] - 1)
+    strict_clock = FrozenClock(claims["exp"] - 1)
     strict = make_verifier(clock=strict_clock, leeway=0)
     await strict.verify(token)
     await strict.verify(token)
@@ -517,7 +508,7 @@ async def test_failures_are_never_cached_and_do_not_touch_good_entries(
 ) -> None:
     tokens, claims = await login_claims(tokend)
     token = tokens["access_token"]
-    clock = Clock(claims["iat"])
+    clock = FrozenClock(claims["iat"])
     verifier = make_verifier(clock=clock, leeway=30)
     await verifier.verify(token)
     head, _, sig = token.split(".")
@@ -560,7 +551,7 @@ async def test_tokens_of_a_key_that_left_the_jwks_are_evicted(tokend, proxy, mak
     other = jwt.encode(
         claims, private, algorithm="EdDSA", headers={"typ": "at+jwt", "kid": jwk["kid"]}
     )
-    clock = Clock(claims["iat"])
+    clock = FrozenClock(claims["iat"])
     verifier = make_verifier(clock=clock, cache_ttl=300, min_refetch_interval=30)
     for _ in range(2):
         await verifier.verify(tokens["access_token"])
@@ -584,7 +575,7 @@ async def test_tokens_of_a_key_changed_under_its_kid_are_evicted(
     other = jwt.encode(
         claims, private, algorithm="EdDSA", headers={"typ": "at+jwt", "kid": jwk["kid"]}
     )
-    clock = Clock(claims["iat"])
+    clock = FrozenClock(claims["iat"])
     verifier = make_verifier(clock=clock, min_refetch_interval=30)
     await verifier.verify(tokens["access_token"])
     await verifier.verify(other)
