@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from tests.helpers import PASSWORD, bearer, register, unverified
+from tests.support import PASSWORD, bearer, register, unverified
 
 with warnings.catch_warnings(record=True):
     # Authlib 1.9 prefers the httpx2 package and warns once on import when it falls back

@@ -33,7 +33,7 @@ from tests.conftest import (
     drop_postgres_database,
     make_postgres_database,
 )
-from tests.helpers import PASSWORD
+from tests.support import PASSWORD
 
 BIN = Path(sys.executable).parent
 TOKEND = BIN / "tokend"

@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from tests.helpers import PASSWORD, bearer, register
+from tests.support import PASSWORD, bearer, register
 
 TOKEND = Path(sys.executable).parent / "tokend"
 

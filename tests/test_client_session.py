@@ -22,7 +22,7 @@ from yarl import URL
 from service.devredis import free_port
 from service.http.appkeys import SETTINGS
 from service.keyspace import Keyspace
-from tests.helpers import PASSWORD, bearer, register
+from tests.support import PASSWORD, bearer, register
 from tokend_client import (
     FileTokenStore,
     LoginFailed,

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from service.http.appkeys import SETTINGS
 from tests.conftest import TEST_KEK
-from tests.helpers import bearer, login, register, unverified
+from tests.support import bearer, login, register, unverified
 
 TOKEND = str(Path(sys.executable).with_name("tokend"))
 

@@ -24,7 +24,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from service.devredis import free_port
 from service.keyspace import Keyspace
 from tests.conftest import REDIS_URL
-from tests.helpers import bearer, login, register, unverified
+from tests.support import bearer, login, register, unverified
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLE = ROOT / "examples" / "protected_service.py"

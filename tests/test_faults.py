@@ -7,7 +7,7 @@ from typing import Any
 
 from service.devredis import free_port
 from service.http.appkeys import REDIS
-from tests.helpers import PASSWORD, add_user, bearer, register, register_and_login
+from tests.support import PASSWORD, add_user, bearer, register, register_and_login
 
 
 async def assert_503(resp: Any) -> None:

@@ -10,7 +10,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from service.devredis import free_port
 from service.migrate import upgrade_async
 from tests.conftest import drop_postgres_database, make_postgres_database
-from tests.helpers import PASSWORD, add_user, register_and_login
+from tests.support import PASSWORD, add_user, register_and_login
 
 
 async def _assert_503(resp: Any) -> dict[str, Any]:

@@ -24,7 +24,7 @@ from service.http.appkeys import KEYRING
 from service.migrate import upgrade_async
 from service.models import SigningKeyRow
 from tests.conftest import TEST_KEK
-from tests.helpers import TokendTestServer, bearer, register_and_login
+from tests.support import TokendTestServer, bearer, register_and_login
 
 PRIVATE_MEMBERS = {"d", "p", "q", "dp", "dq", "qi", "oth", "k"}
 EXPECTED_JWK = {

@@ -16,7 +16,7 @@ from service.errors import InvalidCredentials, RateLimited, TokenExpired, Unavai
 from service.login import login_failure
 from service.metrics import LOGIN_OUTCOMES, REFRESH_OUTCOMES, REVOCATION_REASONS
 from service.refresh import refresh_failure
-from tests.helpers import PASSWORD, bearer, login, register, unverified
+from tests.support import PASSWORD, bearer, login, register, unverified
 
 COUNTERS = {
     "tokend_logins_total": "result",

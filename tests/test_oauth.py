@@ -13,7 +13,7 @@ import pytest
 
 from service.devredis import free_port
 from service.http.appkeys import AUTH, REDIS
-from tests.helpers import (
+from tests.support import (
     PASSWORD,
     add_user,
     bearer,

@@ -34,7 +34,7 @@ from service.identities import SqlIdentityStore
 from service.keyspace import Keyspace
 from service.settings import Settings
 from tests.conftest import REDIS_URL
-from tests.helpers import TokendTestServer, bearer, register_and_login
+from tests.support import TokendTestServer, bearer, register_and_login
 
 PROVIDER_DIR = Path(__file__).parent / "oidc_provider"
 CLIENT_ID = "tokend-test"

@@ -38,7 +38,7 @@ from service.http.apidoc.core import operation_of
 from service.http.appkeys import SETTINGS
 from service.http.openapi import UndocumentedRoute, build_document
 from service.settings import Settings
-from tests.helpers import PASSWORD, TokendTestServer, bearer
+from tests.support import PASSWORD, TokendTestServer, bearer
 from tests.support.oidc import FakeProvider
 
 CONFIG = Path(__file__).with_name("schemathesis.toml")

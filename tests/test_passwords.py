@@ -17,7 +17,7 @@ from service.http.appkeys import AUTH
 from service.keyspace import Keyspace
 from service.models import UserRow
 from service.passwords import PasswordHasher
-from tests.helpers import PASSWORD, register
+from tests.support import PASSWORD, register
 
 DEFAULT_ARGON2 = {
     "TOKEND_ARGON2_TIME_COST": "2",

@@ -15,7 +15,7 @@ from multidict import CIMultiDict
 
 from service.clock import FrozenClock
 from service.http.appkeys import AUTH, KEYRING
-from tests.helpers import bearer, register, register_and_login, unverified
+from tests.support import bearer, register, register_and_login, unverified
 
 REALM = 'Bearer realm="tokend"'
 

@@ -11,7 +11,7 @@ import pytest
 
 from service.http.appkeys import KEYRING, SETTINGS
 from service.keyspace import Keyspace
-from tests.helpers import bearer, register_and_login, unverified
+from tests.support import bearer, register_and_login, unverified
 
 
 @pytest.fixture

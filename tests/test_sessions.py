@@ -12,7 +12,7 @@ import pytest
 from service.clock import FrozenClock
 from service.http.appkeys import SETTINGS
 from service.keyspace import Keyspace
-from tests.helpers import PASSWORD, bearer, login, register, register_and_login, unverified
+from tests.support import PASSWORD, bearer, login, register, register_and_login, unverified
 
 
 @pytest.fixture

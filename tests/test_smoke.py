@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from service.clock import FrozenClock
-from tests.helpers import bearer, register_and_login, unverified
+from tests.support import bearer, register_and_login, unverified
 
 
 async def test_login_then_me_then_expired(make_client, clock: FrozenClock) -> None:

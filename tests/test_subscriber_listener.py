@@ -14,7 +14,7 @@ import redis.asyncio as aioredis
 
 from service.clock import FrozenClock
 from service.keyspace import Keyspace
-from tests.helpers import bearer, login, register, unverified
+from tests.support import bearer, login, register, unverified
 
 READY_TIMEOUT = 10
 

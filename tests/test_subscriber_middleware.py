@@ -12,7 +12,7 @@ from aiohttp import web
 from service.devredis import free_port
 from service.events import key_rotated
 from service.sessions import SessionStore
-from tests.helpers import bearer, register_and_login, unverified
+from tests.support import bearer, register_and_login, unverified
 from tokend_client import CLAIMS_KEY, RevocationListener, TokenVerifier, setup
 
 ISSUER = "http://127.0.0.1:8080"

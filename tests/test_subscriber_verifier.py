@@ -23,7 +23,7 @@ from service.clock import FrozenClock
 from service.devredis import free_port
 from service.http.appkeys import CLOCK, KEYRING
 from service.keys import public_jwk
-from tests.helpers import register_and_login, unverified
+from tests.support import register_and_login, unverified
 from tokend_client import InvalidToken, JWKSUnavailable, TokenExpired, TokenVerifier
 
 ISSUER = "http://127.0.0.1:8080"  # tokend's default TOKEND_ISSUER

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from service.http.appkeys import AUTH, CLOCK
-from tests.helpers import bearer, register_and_login
+from tests.support import bearer, register_and_login
 
 
 async def test_rotate_with_another_uid_is_mismatch_and_leaves_the_session(

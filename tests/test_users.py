@@ -12,7 +12,7 @@ from service.db import make_engine
 from service.errors import Conflict, ValidationFailed
 from service.passwords import MAX_PASSWORD, check_password_rules
 from service.users import SqlUserStore, normalize_username
-from tests.helpers import PASSWORD, bearer, login, register
+from tests.support import PASSWORD, bearer, login, register
 
 NOW = 1_800_000_000.0
 

@@ -26,7 +26,7 @@ from service.redisconn import make_redis
 from service.sessions import EXPIRY_SHARDS, SessionStore
 from service.tokens import new_id
 from tests.conftest import FAST_ARGON2, REDIS_URL, TEST_KEK
-from tests.helpers import bearer, register_and_login, unverified
+from tests.support import bearer, register_and_login, unverified
 from workers.expiry import ExpiryWorker
 from workers.rotation import KeyRotationWorker, rotate_and_announce
 

@@ -18,15 +18,17 @@ from sqlalchemy import text
 from service.auth import delete_user
 from service.http.appkeys import AUTH, ENGINE, SETTINGS
 from tests.conftest import FAST_ARGON2, REDIS_URL, TEST_KEK
-from tests.helpers import register, register_and_login, unverified
-from tests.security.support import (
+from tests.support import (
     assert_invalid_token,
     me,
     refresh,
+    register,
+    register_and_login,
     server_key,
     sign_like_server,
     sign_raw,
     subscriber_rejects,
+    unverified,
 )
 from tokend_client import RevocationListener
 

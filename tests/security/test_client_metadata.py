@@ -10,8 +10,7 @@ from typing import Any
 import pytest
 
 from service.http.appkeys import AUTH
-from tests.helpers import PASSWORD, bearer, register
-from tests.security.support import http_request, parse_answer, raw_exchange
+from tests.support import PASSWORD, bearer, http_request, parse_answer, raw_exchange, register
 
 pytestmark = pytest.mark.security
 

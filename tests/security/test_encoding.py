@@ -13,8 +13,15 @@ from typing import Any
 
 import pytest
 
-from tests.helpers import bearer, register_and_login, unverified
-from tests.security.support import assert_invalid_token, me, refresh, subscriber_rejects
+from tests.support import (
+    assert_invalid_token,
+    bearer,
+    me,
+    refresh,
+    register_and_login,
+    subscriber_rejects,
+    unverified,
+)
 
 pytestmark = pytest.mark.security
 

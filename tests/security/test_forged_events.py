@@ -18,7 +18,7 @@ import pytest
 
 from service.http.appkeys import AUTH, KEYRING, KEYSTORE
 from service.keyspace import Keyspace
-from tests.helpers import bearer, login, register, unverified
+from tests.support import bearer, login, register, unverified
 from workers.rotation import rotate_and_announce
 
 pytestmark = pytest.mark.security

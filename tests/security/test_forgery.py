@@ -17,18 +17,19 @@ from cryptography.hazmat.primitives.asymmetric import ed25519
 from service.http.appkeys import ENGINE, REDIS
 from service.keys import public_jwk
 from tests.conftest import REDIS_URL
-from tests.helpers import register_and_login, unverified
-from tests.security.support import (
+from tests.support import (
     ConnectionCounter,
     assert_invalid_token,
     forge,
     me,
     refresh,
+    register_and_login,
     sentry,
     server_key,
     sign_like_server,
     sign_raw,
     subscriber_rejects,
+    unverified,
 )
 
 pytestmark = pytest.mark.security

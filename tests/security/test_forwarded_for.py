@@ -17,7 +17,7 @@ from multidict import CIMultiDict
 from service.errors import ConfigError
 from service.keyspace import Keyspace
 from service.settings import Settings
-from tests.helpers import PASSWORD, bearer
+from tests.support import PASSWORD, bearer
 
 pytestmark = pytest.mark.security
 

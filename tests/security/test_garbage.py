@@ -21,7 +21,7 @@ import pytest
 from service.devredis import free_port
 from service.migrate import upgrade_async
 from tests.conftest import FAST_ARGON2, REDIS_URL, TEST_KEK
-from tests.security.support import http_request, parse_answer, raw_exchange
+from tests.support import http_request, parse_answer, raw_exchange
 
 pytestmark = pytest.mark.security
 

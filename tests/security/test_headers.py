@@ -10,7 +10,7 @@ import pytest
 from aiohttp import web
 from multidict import CIMultiDict
 
-from tests.helpers import register_and_login
+from tests.support import register_and_login
 from tokend_client import setup
 
 pytestmark = pytest.mark.security

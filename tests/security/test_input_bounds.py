@@ -14,8 +14,7 @@ from typing import Any
 
 import pytest
 
-from tests.helpers import bearer, register_and_login
-from tests.security.support import assert_invalid_token, b64, subscriber_rejects
+from tests.support import assert_invalid_token, b64, bearer, register_and_login, subscriber_rejects
 
 pytestmark = pytest.mark.security
 

@@ -20,7 +20,7 @@ import pytest
 from hypothesis import HealthCheck, given, seed, settings
 from hypothesis import strategies as st
 
-from tests.helpers import register_and_login
+from tests.support import register_and_login
 
 pytestmark = pytest.mark.security
 

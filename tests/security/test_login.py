@@ -14,7 +14,7 @@ from sqlalchemy import text
 
 from service.http.appkeys import AUTH, ENGINE
 from service.keyspace import Keyspace
-from tests.helpers import PASSWORD, register
+from tests.support import PASSWORD, register
 
 pytestmark = pytest.mark.security
 

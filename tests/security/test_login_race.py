@@ -16,7 +16,7 @@ import pytest
 
 from service.auth import delete_user, disable_user
 from service.http.appkeys import AUTH, CLOCK
-from tests.helpers import PASSWORD, bearer, login, register
+from tests.support import PASSWORD, bearer, login, register
 
 pytestmark = [pytest.mark.security, pytest.mark.slow]
 

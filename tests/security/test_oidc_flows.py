@@ -20,7 +20,7 @@ import pytest
 
 from service.keyspace import Keyspace
 from tests import test_oidc as e2e
-from tests.helpers import bearer, login, register_and_login
+from tests.support import bearer, login, register_and_login
 from tests.test_oidc import (
     APP,
     CHALLENGE,

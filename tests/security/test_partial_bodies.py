@@ -20,7 +20,7 @@ from service.clock import FrozenClock
 from service.errors import ProviderUnavailable
 from service.oidc import MAX_RESPONSE, ProviderClient
 from service.settings import OIDCProvider
-from tests.helpers import register_and_login, unverified
+from tests.support import register_and_login, unverified
 from tokend_client import JWKSUnavailable, TokenVerifier
 from tokend_client._verifier import MAX_JWKS_BYTES
 

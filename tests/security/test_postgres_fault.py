@@ -12,8 +12,7 @@ import pytest
 
 from service.keyspace import Keyspace
 from service.migrate import upgrade_async
-from tests.helpers import PASSWORD, register
-from tests.security.support import PostgresServer, postgres_bin
+from tests.support import PASSWORD, PostgresServer, postgres_bin, register
 
 pytestmark = [pytest.mark.security, pytest.mark.postgres]
 

@@ -13,7 +13,7 @@ import pytest
 
 from service.http.appkeys import METRICS, SETTINGS
 from service.keyspace import Keyspace
-from tests.helpers import bearer, register_and_login, unverified
+from tests.support import bearer, register_and_login, unverified
 
 pytestmark = pytest.mark.security
 

@@ -18,8 +18,7 @@ import redis.asyncio as aioredis
 from service.auth import ClientInfo
 from service.http.appkeys import AUTH, FENCE, SETTINGS
 from service.keyspace import Keyspace
-from tests.helpers import bearer, login, register, unverified
-from tests.security.support import RedisServer
+from tests.support import RedisServer, bearer, login, register, unverified
 
 pytestmark = pytest.mark.security
 

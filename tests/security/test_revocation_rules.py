@@ -16,7 +16,7 @@ from service.cli import disable_user_cli
 from service.clock import FrozenClock
 from service.http.appkeys import AUTH, FENCE, METRICS, SETTINGS
 from service.keyspace import Keyspace
-from tests.helpers import bearer, login, register, unverified
+from tests.support import bearer, login, register, unverified
 
 pytestmark = pytest.mark.security
 

@@ -17,7 +17,7 @@ from service.redisconn import make_redis
 from service.sessions import SessionStore
 from service.settings import Settings
 from service.tokens import new_id
-from tests.helpers import PASSWORD, bearer, login, register
+from tests.support import PASSWORD, bearer, login, register
 
 pytestmark = pytest.mark.security
 

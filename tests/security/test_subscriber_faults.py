@@ -15,8 +15,7 @@ import redis.asyncio as aioredis
 
 from service.auth import ClientInfo, TokenPair
 from service.http.appkeys import AUTH
-from tests.helpers import bearer, register, unverified
-from tests.security.support import RedisServer, TcpProxy
+from tests.support import RedisServer, TcpProxy, bearer, register, unverified
 
 pytestmark = pytest.mark.security
 

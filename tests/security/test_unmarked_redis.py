@@ -21,7 +21,7 @@ from aiohttp import web
 from service.http.appkeys import SETTINGS
 from service.keyspace import Keyspace
 from tests.conftest import REDIS_URL
-from tests.helpers import bearer, register_and_login, unverified
+from tests.support import bearer, register_and_login, unverified
 from tokend_client import CLAIMS_KEY, RevocationListener, TokenVerifier, setup
 
 pytestmark = pytest.mark.security
