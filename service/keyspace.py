@@ -96,7 +96,7 @@ class Keyspace:
         """The first KEYS of every tokend script: epoch, gen, events stream, channel."""
         return [self.epoch, self.gen, self.events, self.channel]
 
-    # limiters (service/ratelimit.py, service/flowlimit.py)
+    # limiters (service/ratelimit.py; social-login starts count as "oidc:starts")
     def limit_user(self, name: str, username: str) -> str:
         return f"{self.prefix}:{name}:u:{_digest(username, 32)}"
 
@@ -105,9 +105,6 @@ class Keyspace:
 
     def limit_count(self, name: str, key: str) -> str:
         return f"{self.prefix}:{name}:{_digest(key, 32)}"
-
-    def oidc_starts(self, ip: str) -> str:
-        return f"{self.prefix}:oidc:starts:{_digest(ip, 32)}"
 
     # social-login flow records (service/oidc_flow.py)
     def oidc_state(self, state: str) -> str:

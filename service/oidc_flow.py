@@ -33,11 +33,11 @@ from .errors import (
     SocialLoginRefused,
     TokendError,
 )
-from .flowlimit import FlowStartLimiter
 from .identities import ExternalAccount, Identity, IdentityStore
 from .keyspace import Keyspace
 from .oidc import ProviderClient
 from .oidc_rules import VERIFIER, binding_hash, return_to_allowed, s256
+from .ratelimit import CountLimit
 from .redisconn import redis_errors
 from .users import User
 
@@ -114,8 +114,13 @@ class SocialLogin:
         self.auth = auth
         self.base_url = base_url.rstrip("/")
         self.return_to = return_to
-        self.starts = FlowStartLimiter(
-            redis, prefix=prefix, per_ip=starts_per_ip, window=starts_window
+        self.starts = CountLimit(
+            redis,
+            prefix=prefix,
+            name="oidc:starts",
+            limit=starts_per_ip,
+            window=starts_window,
+            description="too many social-login starts from this address",
         )
 
     def provider(self, name: str) -> ProviderClient:

@@ -1,5 +1,6 @@
 """Limits counted in Redis: failed logins and failed password changes per user and per
-client IP, successful logins per user, registrations per IP."""
+client IP, successful logins per user, registrations per IP, social-login flow starts per
+IP (each start writes a short-lived state record: unlimited, one client could fill Redis)."""
 
 from __future__ import annotations
 
@@ -108,10 +109,18 @@ class LoginLimiter:
 
 class CountLimit:
     """A fixed-window count of events per key (successful logins per user, registrations
-    per IP): over ``limit`` in ``window`` seconds → RateLimited."""
+    and social-login flow starts per IP): over ``limit`` in ``window`` seconds →
+    RateLimited, with ``description`` when given."""
 
     def __init__(
-        self, redis: aioredis.Redis, *, prefix: str, name: str, limit: int, window: int
+        self,
+        redis: aioredis.Redis,
+        *,
+        prefix: str,
+        name: str,
+        limit: int,
+        window: int,
+        description: str | None = None,
     ) -> None:
         self.redis = redis
         self.prefix = prefix
@@ -119,6 +128,7 @@ class CountLimit:
         self.keys = Keyspace(prefix)
         self.limit = limit
         self.window = window
+        self.description = description
         self._reserve = redis.register_script(_RESERVE)
 
     async def take(self, key: str) -> None:
@@ -131,7 +141,7 @@ class CountLimit:
                 )
             )
         if wait:
-            raise RateLimited(wait)
+            raise RateLimited(wait, self.description)
 
 
 @dataclass(frozen=True)

@@ -127,7 +127,7 @@ async def login(request: web.Request) -> web.Response:
         if return_to or given
         else None
     )
-    await flow.starts.check(_client_ip(request))
+    await flow.starts.take(_client_ip(request))
     browser = _browser(request)
     url = await flow.begin(name, return_to=return_to, browser=browser, code_challenge=challenge)
     return _to_provider(request, url, browser)
@@ -218,7 +218,7 @@ async def link(request: web.Request) -> web.Response:
     flow.provider(name)
     body = await json_body(request, optional=True) if request.body_exists else {}
     return_to = flow.check_return_to(body.get("return_to"))
-    await flow.starts.check(_client_ip(request))
+    await flow.starts.take(_client_ip(request))
     ticket = await flow.issue_link_ticket(name, principal, return_to)
     return web.json_response(
         {"authorization_url": flow.link_start_uri(name, ticket)}, headers=NO_STORE
