@@ -371,12 +371,10 @@ class SessionStore:
             return True
         if du is None:
             return False
-        mark_at, keep = parse_mark(du)
-        if sid == keep:
-            return False
         if auth_time is not None:
-            return auth_time <= mark_at  # both on Redis's clock
-        if iat > mark_at:
+            return self._under_mark(sid, auth_time, du)  # both on Redis's clock
+        mark_at, keep = parse_mark(du)
+        if sid == keep or iat > mark_at:
             return False
         if int(iat) < int(mark_at):
             return True
@@ -384,8 +382,7 @@ class SessionStore:
         # it, unless its session was authenticated after the mark.
         with redis_errors():
             auth, created = await self.redis.hmget(self.keys.session(sid), ["auth", "created"])
-        began = auth or created
-        return began is None or float(began) <= mark_at
+        return self._under_mark(sid, cast(str | None, auth or created), du)
 
     async def get(self, sid: str) -> SessionInfo | None:
         """One session's public state, or None when it has ended."""
@@ -418,8 +415,9 @@ class SessionStore:
         return SessionGrant(uid=peek.uid, client_id=peek.client_id, scope=peek.scope)
 
     @staticmethod
-    def _under_mark(sid: str, auth: str | None, mark: str) -> bool:
-        """Lua's revoked_by_mark: the session was authenticated at or before the mark."""
+    def _under_mark(sid: str, auth: float | str | None, mark: str) -> bool:
+        """Lua's revoked_by_mark: the session was authenticated at or before the mark
+        (an unknown time counts as before), and it is not the one the mark keeps."""
         mark_at, keep = parse_mark(mark)
         return sid != keep and (auth is None or float(auth) <= mark_at)
 
