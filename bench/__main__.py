@@ -28,22 +28,33 @@ SECTIONS = ("refresh", "login", "verify", "revocation", "sweep", "memory", "prof
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m bench", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        prog="python -m bench",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     p.add_argument("what", choices=(*SECTIONS, "all"))
     p.add_argument("--rounds", type=int, default=3, help="interleaved rounds (default 3)")
     p.add_argument("--duration", type=float, default=10, help="seconds per load run")
-    p.add_argument("--sessions", type=int, default=200,
-                   help="token chains per refresh run (default 200)")
-    p.add_argument("--contenders", default=",".join(c.key for c in contenders.ALL),
-                   help="refresh contenders, comma-separated")
+    p.add_argument(
+        "--sessions", type=int, default=200, help="token chains per refresh run (default 200)"
+    )
+    p.add_argument(
+        "--contenders",
+        default=",".join(c.key for c in contenders.ALL),
+        help="refresh contenders, comma-separated",
+    )
     p.add_argument("--revocations", type=int, default=1000)
     p.add_argument("--replay-events", type=int, default=10_000)
     p.add_argument("--sweep-sizes", default="100000,1000000")
     p.add_argument("--memory-sessions", type=int, default=10_000)
-    p.add_argument("--quiet-wait", type=float, default=15,
-                   help="before each load run, wait up to this many seconds for the CPUs to "
-                   "be under 25%% busy (default 15)")
+    p.add_argument(
+        "--quiet-wait",
+        type=float,
+        default=15,
+        help="before each load run, wait up to this many seconds for the CPUs to "
+        "be under 25%% busy (default 15)",
+    )
     p.add_argument("--out", help="also write the report to this file")
     return p
 
@@ -56,13 +67,16 @@ def _run(args: argparse.Namespace, name: str) -> Section:
         return skip
     run: dict[str, Callable[[], Section]] = {
         "refresh": lambda: throughput.refresh_section(
-            args.rounds, args.duration, args.sessions, chosen),
+            args.rounds, args.duration, args.sessions, chosen
+        ),
         "login": lambda: throughput.login_section(args.rounds, args.duration, args.sessions),
         "verify": lambda: subscriber.verify_section(args.rounds, args.duration),
         "revocation": lambda: subscriber.revocation_section(
-            args.rounds, args.revocations, args.replay_events),
+            args.rounds, args.revocations, args.replay_events
+        ),
         "sweep": lambda: redis_state.sweep_section(
-            args.rounds, [int(x) for x in args.sweep_sizes.split(",")]),
+            args.rounds, [int(x) for x in args.sweep_sizes.split(",")]
+        ),
         "memory": lambda: redis_state.memory_section(args.memory_sessions),
         "profile": lambda: profile.profile_section(args.duration, args.sessions),
     }
@@ -74,18 +88,20 @@ def main() -> None:
     harness.QUIET_WAIT = args.quiet_wait
     started = time.monotonic()
     commit = git_state()
-    header = "\n".join([
-        "# tokend benchmarks",
-        "",
-        f"- command: `{shlex.join(['.venv/bin/python', '-m', 'bench', *sys.argv[1:]])}`",
-        f"- date: {datetime.datetime.now(datetime.UTC):%Y-%m-%d %H:%M} UTC",
-        f"- machine: `nproc` = {os.cpu_count()}, {platform.machine()}, "
-        f"Python {platform.python_version()}, load average at start "
-        f"{os.getloadavg()[0]:.1f}",
-        f"- tokend commit at start: {commit}",
-        "- everything on 127.0.0.1, one contender at a time, wrk with one thread",
-        "",
-    ])
+    header = "\n".join(
+        [
+            "# tokend benchmarks",
+            "",
+            f"- command: `{shlex.join(['.venv/bin/python', '-m', 'bench', *sys.argv[1:]])}`",
+            f"- date: {datetime.datetime.now(datetime.UTC):%Y-%m-%d %H:%M} UTC",
+            f"- machine: `nproc` = {os.cpu_count()}, {platform.machine()}, "
+            f"Python {platform.python_version()}, load average at start "
+            f"{os.getloadavg()[0]:.1f}",
+            f"- tokend commit at start: {commit}",
+            "- everything on 127.0.0.1, one contender at a time, wrk with one thread",
+            "",
+        ]
+    )
     print(header, flush=True)
     report = [header]
     sections: list[Section] = []
@@ -99,9 +115,12 @@ def main() -> None:
             section = Section(name)
             section.add(f"Failed: {type(exc).__name__}: {exc}".splitlines()[0])
         if bg := harness.BACKGROUND[seen:]:
-            section.add(f"Background CPU (other processes) in the half second before this "
-                        f"section's {len(bg)} measured runs: median {median(bg):.0%}, max "
-                        f"{max(bg):.0%}.", "")
+            section.add(
+                f"Background CPU (other processes) in the half second before this "
+                f"section's {len(bg)} measured runs: median {median(bg):.0%}, max "
+                f"{max(bg):.0%}.",
+                "",
+            )
         sections.append(section)
         print(section.markdown(), flush=True)
         report.append(section.markdown())
@@ -111,10 +130,12 @@ def main() -> None:
         footer += f" tokend's checkout moved during the run: {commit} at start, {end} at the end."
     if harness.BACKGROUND:
         bg = harness.BACKGROUND
-        footer += (f" Background CPU (other processes on the machine) in the half second "
-                   f"before each of the {len(bg)} load runs: median {median(bg):.0%}, max "
-                   f"{max(bg):.0%} (the harness waits up to {args.quiet_wait:g} s for it to "
-                   "drop under 25%).")
+        footer += (
+            f" Background CPU (other processes on the machine) in the half second "
+            f"before each of the {len(bg)} load runs: median {median(bg):.0%}, max "
+            f"{max(bg):.0%} (the harness waits up to {args.quiet_wait:g} s for it to "
+            "drop under 25%)."
+        )
     footer += "\n"
     print(summary + footer, flush=True)
     report.append(summary + footer)

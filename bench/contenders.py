@@ -51,8 +51,18 @@ class Contender:
 
 def _gunicorn(app: str, port: int) -> list[str]:
     return [
-        GUNICORN, "--workers", "1", "--worker-class", "sync", "--bind", f"127.0.0.1:{port}",
-        "--pythonpath", str(ROOT), "--log-level", "warning", app,
+        GUNICORN,
+        "--workers",
+        "1",
+        "--worker-class",
+        "sync",
+        "--bind",
+        f"127.0.0.1:{port}",
+        "--pythonpath",
+        str(ROOT),
+        "--log-level",
+        "warning",
+        app,
     ]
 
 
@@ -82,13 +92,16 @@ def _simplejwt(rotate: bool) -> Callable[[int], ContextManager[WrkTarget]]:
             tokens = wd / "tokens"
             _setup(
                 [PYTHON, "-m", "bench.peers.simplejwt_app", "setup", str(sessions), str(tokens)],
-                wd, {**_environ(), **env},
+                wd,
+                {**_environ(), **env},
             )
             port = free_port()
-            with serve(_gunicorn("bench.peers.simplejwt_app:application", port),
-                       port=port, cwd=wd, env=env):
+            with serve(
+                _gunicorn("bench.peers.simplejwt_app:application", port), port=port, cwd=wd, env=env
+            ):
                 yield WrkTarget(
-                    f"http://127.0.0.1:{port}/api/token/refresh/", REFRESH_LUA,
+                    f"http://127.0.0.1:{port}/api/token/refresh/",
+                    REFRESH_LUA,
                     {
                         "TOKEN_FILE": str(tokens),
                         "REFRESH_PATH": "/api/token/refresh/",
@@ -106,13 +119,17 @@ def flask(sessions: int) -> Iterator[WrkTarget]:
     with workdir("flask") as wd:
         env = {"FLASK_REDIS_PREFIX": prefix, "PYTHONPATH": str(ROOT)}
         tokens = wd / "tokens"
-        _setup([PYTHON, "-m", "bench.peers.flask_app", "tokens", str(sessions), str(tokens)],
-               wd, {**_environ(), **env})
+        _setup(
+            [PYTHON, "-m", "bench.peers.flask_app", "tokens", str(sessions), str(tokens)],
+            wd,
+            {**_environ(), **env},
+        )
         port = free_port()
         try:
             with serve(_gunicorn("bench.peers.flask_app:app", port), port=port, cwd=wd, env=env):
                 yield WrkTarget(
-                    f"http://127.0.0.1:{port}/refresh", REFRESH_LUA,
+                    f"http://127.0.0.1:{port}/refresh",
+                    REFRESH_LUA,
                     {"TOKEN_FILE": str(tokens), "REFRESH_PATH": "/refresh", "NEXT_TOKEN": "reuse"},
                 )
         finally:
@@ -127,13 +144,21 @@ def _minimal(like_tokend: bool) -> Callable[[int], ContextManager[WrkTarget]]:
         env = {"MINIMAL_LIKE_TOKEND": "1" if like_tokend else "0"}
         with workdir("minimal") as wd:
             try:
-                _setup([PYTHON, script, "tokens", str(sessions), str(wd), prefix], wd,
-                       {**_environ(), **env})
+                _setup(
+                    [PYTHON, script, "tokens", str(sessions), str(wd), prefix],
+                    wd,
+                    {**_environ(), **env},
+                )
                 port = free_port()
-                with serve([PYTHON, script, "serve", str(port), str(wd), prefix], port=port,
-                           cwd=wd, env=env):
+                with serve(
+                    [PYTHON, script, "serve", str(port), str(wd), prefix],
+                    port=port,
+                    cwd=wd,
+                    env=env,
+                ):
                     yield WrkTarget(
-                        f"http://127.0.0.1:{port}/auth/refresh", REFRESH_LUA,
+                        f"http://127.0.0.1:{port}/auth/refresh",
+                        REFRESH_LUA,
                         {"TOKEN_FILE": str(wd / "tokens")},
                     )
             finally:
@@ -147,8 +172,9 @@ def bare(sessions: int) -> Iterator[WrkTarget]:
     with workdir("bare") as wd:
         port = free_port()
         with serve([PYTHON, str(HERE / "bare_app.py"), str(port)], port=port, cwd=wd):
-            yield WrkTarget(f"http://127.0.0.1:{port}/auth/refresh", REQUEST_LUA,
-                            {"METHOD": "POST"})
+            yield WrkTarget(
+                f"http://127.0.0.1:{port}/auth/refresh", REQUEST_LUA, {"METHOD": "POST"}
+            )
 
 
 def _environ() -> dict[str, str]:
@@ -159,22 +185,26 @@ TOKEND = Contender(
     "tokend", "tokend `/auth/refresh` (rotation, EdDSA access token, events)", tokend
 )
 SIMPLEJWT_ROTATE = Contender(
-    "simplejwt-rotate", "simplejwt `TokenRefreshView`, rotation + blacklist (HS256, SQLite)",
+    "simplejwt-rotate",
+    "simplejwt `TokenRefreshView`, rotation + blacklist (HS256, SQLite)",
     _simplejwt(rotate=True),
 )
 SIMPLEJWT_PLAIN = Contender(
-    "simplejwt-plain", "simplejwt `TokenRefreshView`, rotation off (HS256, blacklist check)",
+    "simplejwt-plain",
+    "simplejwt `TokenRefreshView`, rotation off (HS256, blacklist check)",
     _simplejwt(rotate=False),
 )
 FLASK = Contender(
     "flask", "flask-jwt-extended `/refresh`, Redis blocklist, no rotation (HS256)", flask
 )
 MINIMAL = Contender(
-    "minimal", "minimal aiohttp refresh (ceiling: EdDSA verify + EVALSHA + 2 EdDSA signs)",
+    "minimal",
+    "minimal aiohttp refresh (ceiling: EdDSA verify + EVALSHA + 2 EdDSA signs)",
     _minimal(like_tokend=False),
 )
 MINIMAL_LIKE = Contender(
-    "minimal-like", "minimal, tokend's choices (HS256 refresh MAC, EdDSA access, uvloop, orjson)",
+    "minimal-like",
+    "minimal, tokend's choices (HS256 refresh MAC, EdDSA access, uvloop, orjson)",
     _minimal(like_tokend=True),
 )
 BARE = Contender("bare", "bare aiohttp JSON (framework ceiling)", bare)

@@ -78,8 +78,13 @@ def workdir(name: str) -> Iterator[Path]:
 
 @contextlib.contextmanager
 def serve(
-    cmd: Sequence[str], *, port: int, cwd: Path, env: dict[str, str] | None = None,
-    health: str = "/healthz", timeout: float = 60,
+    cmd: Sequence[str],
+    *,
+    port: int,
+    cwd: Path,
+    env: dict[str, str] | None = None,
+    health: str = "/healthz",
+    timeout: float = 60,
 ) -> Iterator[subprocess.Popen[bytes]]:
     """Run a server until the block ends; its output goes to ``cwd/server.log``."""
     log = (cwd / "server.log").open("wb")
@@ -131,8 +136,9 @@ def tokend_server(extra_env: dict[str, str] | None = None) -> Iterator[Tokend]:
         }
         # tokend may be mid-edit in this checkout: retry a failing upgrade a few times.
         for attempt in range(4):
-            upgrade = subprocess.run([TOKEND, "db", "upgrade"], env=env, capture_output=True,
-                                     text=True)
+            upgrade = subprocess.run(
+                [TOKEND, "db", "upgrade"], env=env, capture_output=True, text=True
+            )
             if not upgrade.returncode:
                 break
             if attempt == 3:
@@ -179,9 +185,12 @@ async def make_sessions(url: str, n: int, concurrency: int = 4) -> list[dict[str
         sem = asyncio.Semaphore(concurrency)
 
         async def one() -> dict[str, str]:
-            async with sem, http.post(
-                url + "/auth/login", json={"username": user, "password": PASSWORD}
-            ) as resp:
+            async with (
+                sem,
+                http.post(
+                    url + "/auth/login", json={"username": user, "password": PASSWORD}
+                ) as resp,
+            ):
                 assert resp.status == 200, await resp.text()
                 body: dict[str, str] = await resp.json()
                 return body
@@ -250,31 +259,54 @@ def wrk_cmd(
     url: str, *, connections: int, duration: float, script: str, threads: int = 1
 ) -> list[str]:
     return [
-        "wrk", "-t", str(threads), "-c", str(connections), "-d", f"{max(1, round(duration))}s",
-        "--latency", "-s", script, url,
+        "wrk",
+        "-t",
+        str(threads),
+        "-c",
+        str(connections),
+        "-d",
+        f"{max(1, round(duration))}s",
+        "--latency",
+        "-s",
+        script,
+        url,
     ]
 
 
 def run_wrk(
-    url: str, *, connections: int, duration: float, script: str,
-    env: dict[str, str] | None = None, threads: int = 1,
+    url: str,
+    *,
+    connections: int,
+    duration: float,
+    script: str,
+    env: dict[str, str] | None = None,
+    threads: int = 1,
 ) -> WrkResult:
     wait_quiet()
     out = subprocess.run(
         wrk_cmd(url, connections=connections, duration=duration, script=script, threads=threads),
-        capture_output=True, text=True, check=True,
+        capture_output=True,
+        text=True,
+        check=True,
         env={**os.environ, **(env or {}), "WRK_THREADS": str(threads)},
     ).stdout
     return parse_wrk(out)
 
 
 async def run_wrk_async(
-    url: str, *, connections: int, duration: float, script: str,
-    env: dict[str, str] | None = None, threads: int = 1,
+    url: str,
+    *,
+    connections: int,
+    duration: float,
+    script: str,
+    env: dict[str, str] | None = None,
+    threads: int = 1,
 ) -> WrkResult:
     cmd = wrk_cmd(url, connections=connections, duration=duration, script=script, threads=threads)
     proc = await asyncio.create_subprocess_exec(
-        *cmd, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+        *cmd,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
         env={**os.environ, **(env or {}), "WRK_THREADS": str(threads)},
     )
     out, err = await proc.communicate()
@@ -341,7 +373,10 @@ def git_state() -> str:
     ).stdout.strip()
     dirty = subprocess.run(
         ["git", "status", "--porcelain", "service", "workers", "tokend_client", "examples"],
-        cwd=ROOT, capture_output=True, text=True,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
     ).stdout.strip()
-    return f"{head} + uncommitted changes in service/workers/tokend_client/examples" if dirty \
-        else head
+    return (
+        f"{head} + uncommitted changes in service/workers/tokend_client/examples" if dirty else head
+    )

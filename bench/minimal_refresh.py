@@ -57,8 +57,15 @@ def _refresh_key(workdir: Path) -> Any:
 
 
 def _refresh_token(key: Any, sub: str, sid: str, jti: str, now: int) -> str:
-    claims = {"iss": ISSUER, "sub": sub, "aud": ISSUER, "exp": now + REFRESH_TTL, "iat": now,
-              "jti": jti, "sid": sid}
+    claims = {
+        "iss": ISSUER,
+        "sub": sub,
+        "aud": ISSUER,
+        "exp": now + REFRESH_TTL,
+        "iat": now,
+        "jti": jti,
+        "sid": sid,
+    }
     alg = "HS256" if LIKE_TOKEND else "EdDSA"
     return jwt.encode(claims, key, algorithm=alg, headers={"typ": "rt+jwt", "kid": KID})
 
@@ -67,7 +74,8 @@ async def make_tokens(n: int, workdir: Path, prefix: str) -> None:
     """A fresh key and ``n`` sessions: the current jti of each in Redis, tokens in a file."""
     key = Ed25519PrivateKey.generate()
     pem = key.private_bytes(
-        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.PKCS8,
         serialization.NoEncryption(),
     )
     (workdir / "key.pem").write_bytes(pem)
@@ -107,29 +115,52 @@ def make_app(workdir: Path, prefix: str) -> web.Application:
             return denied()
         try:
             claims = jwt.decode(
-                auth[7:], verify_key, algorithms=[verify_alg], audience=ISSUER, issuer=ISSUER,
+                auth[7:],
+                verify_key,
+                algorithms=[verify_alg],
+                audience=ISSUER,
+                issuer=ISSUER,
                 options={"require": ["exp", "iat", "sub", "jti", "sid"]},
             )
         except jwt.PyJWTError:
             return denied()
         sid, sub = claims["sid"], claims["sub"]
         new_jti = secrets.token_urlsafe(16)
-        if not await rotate(keys=[f"{prefix}:rt:{{{sid}}}"],
-                            args=[claims["jti"], new_jti, REFRESH_TTL]):
+        if not await rotate(
+            keys=[f"{prefix}:rt:{{{sid}}}"], args=[claims["jti"], new_jti, REFRESH_TTL]
+        ):
             return denied()
         now = int(time.time())
         access = jwt.encode(
-            {"iss": ISSUER, "sub": sub, "aud": AUDIENCE, "exp": now + ACCESS_TTL, "iat": now,
-             "jti": secrets.token_urlsafe(16), "sid": sid},
-            private, algorithm="EdDSA", headers={"typ": "at+jwt", "kid": KID},
+            {
+                "iss": ISSUER,
+                "sub": sub,
+                "aud": AUDIENCE,
+                "exp": now + ACCESS_TTL,
+                "iat": now,
+                "jti": secrets.token_urlsafe(16),
+                "sid": sid,
+            },
+            private,
+            algorithm="EdDSA",
+            headers={"typ": "at+jwt", "kid": KID},
         )
         refresh_token = _refresh_token(refresh_key, sub, sid, new_jti, now)
-        body = {"access_token": access, "token_type": "Bearer", "expires_in": ACCESS_TTL,
-                "refresh_token": refresh_token, "refresh_expires_in": REFRESH_TTL}
-        return dumps(body, headers={
-            "Cache-Control": "no-store", "Authorization": f"Bearer {access}",
-            "X-Refresh-Token": refresh_token,
-        })
+        body = {
+            "access_token": access,
+            "token_type": "Bearer",
+            "expires_in": ACCESS_TTL,
+            "refresh_token": refresh_token,
+            "refresh_expires_in": REFRESH_TTL,
+        }
+        return dumps(
+            body,
+            headers={
+                "Cache-Control": "no-store",
+                "Authorization": f"Bearer {access}",
+                "X-Refresh-Token": refresh_token,
+            },
+        )
 
     async def healthz(request: web.Request) -> web.Response:
         return web.json_response({"ok": True})
@@ -148,8 +179,9 @@ def _orjson_dumps() -> Any:
     import orjson
 
     def respond(data: Any, headers: dict[str, str]) -> web.Response:
-        return web.Response(body=orjson.dumps(data), headers=headers,
-                            content_type="application/json")
+        return web.Response(
+            body=orjson.dumps(data), headers=headers, content_type="application/json"
+        )
 
     return respond
 
@@ -166,8 +198,14 @@ def main() -> None:
             import uvloop
 
             loop = uvloop.new_event_loop()
-        web.run_app(make_app(workdir, prefix), host="127.0.0.1", port=int(sys.argv[2]),
-                    access_log=None, print=None, loop=loop)
+        web.run_app(
+            make_app(workdir, prefix),
+            host="127.0.0.1",
+            port=int(sys.argv[2]),
+            access_log=None,
+            print=None,
+            loop=loop,
+        )
 
 
 if __name__ == "__main__":

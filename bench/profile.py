@@ -95,21 +95,39 @@ def summarise(raw: str, thread: str = "MainThread") -> tuple[int, Counter[str], 
     return samples, categories, leaves
 
 
-def _record(pid: int, url: str, script: str, env: dict[str, str], duration: float,
-            wd: Path) -> tuple[WrkResult, str]:
+def _record(
+    pid: int, url: str, script: str, env: dict[str, str], duration: float, wd: Path
+) -> tuple[WrkResult, str]:
     """py-spy on ``pid`` while wrk loads ``url``; (wrk's result, py-spy's raw output)."""
     wait_quiet()
     wrk = subprocess.Popen(
         wrk_cmd(url, connections=50, duration=duration + 2, script=script),
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
         env={**os.environ, **env, "WRK_THREADS": "1"},
     )
     time.sleep(1)
     out = wd / "profile.raw"
     spy = subprocess.run(
-        [PY_SPY, "record", "-p", str(pid), "-d", str(int(duration)), "-r", str(RATE), "-f",
-         "raw", "--threads", "--nonblocking", "-o", str(out)],
-        capture_output=True, text=True,
+        [
+            PY_SPY,
+            "record",
+            "-p",
+            str(pid),
+            "-d",
+            str(int(duration)),
+            "-r",
+            str(RATE),
+            "-f",
+            "raw",
+            "--threads",
+            "--nonblocking",
+            "-o",
+            str(out),
+        ],
+        capture_output=True,
+        text=True,
     )
     stdout, _ = wrk.communicate()
     if spy.returncode:
@@ -129,67 +147,100 @@ def thread_samples(raw: str) -> Counter[str]:
 
 def _describe(s: Section, what: str, raw: str, result: WrkResult, duration: float) -> None:
     samples, categories, leaves = summarise(raw)
-    progress(f"[profile] {what}: {samples} event-loop samples, {result.rps:,.0f}/s under py-spy,"
-             f" answers {dict(result.statuses)}")
+    progress(
+        f"[profile] {what}: {samples} event-loop samples, {result.rps:,.0f}/s under py-spy,"
+        f" answers {dict(result.statuses)}"
+    )
     busy = samples / (RATE * int(duration))
     per_request_us = 1e6 * busy / result.rps if result.rps else float("nan")
-    s.add(f"### {what}", "",
-          f"{result.rps:,.0f} requests/s while sampled ({result.ok_share:.1%} of them 2xx); "
-          f"{samples:,} event-loop samples, the "
-          f"loop busy {busy:.0%} of the time: about {per_request_us:.0f} µs of loop time per "
-          "request.", "")
+    s.add(
+        f"### {what}",
+        "",
+        f"{result.rps:,.0f} requests/s while sampled ({result.ok_share:.1%} of them 2xx); "
+        f"{samples:,} event-loop samples, the "
+        f"loop busy {busy:.0%} of the time: about {per_request_us:.0f} µs of loop time per "
+        "request.",
+        "",
+    )
     others = [(name, n) for name, n in thread_samples(raw).most_common() if name != "MainThread"]
     if others:
-        s.add("Other threads, busy share of the time: " + ", ".join(
-            f"{name} {n / (RATE * int(duration)):.0%}" for name, n in others) + ".", "")
+        s.add(
+            "Other threads, busy share of the time: "
+            + ", ".join(f"{name} {n / (RATE * int(duration)):.0%}" for name, n in others)
+            + ".",
+            "",
+        )
     if not samples:
         return
-    s.table(["where the time goes", "share of loop time", "≈ µs per request"], [
-        [name, f"{n / samples:.1%}", f"{per_request_us * n / samples:.0f}"]
-        for name, n in categories.most_common()
-    ])
-    s.table(["top own-time frames (leaf of each sample)", "share"], [
-        [name, f"{n / samples:.1%}"] for name, n in leaves.most_common(12)
-    ])
+    s.table(
+        ["where the time goes", "share of loop time", "≈ µs per request"],
+        [
+            [name, f"{n / samples:.1%}", f"{per_request_us * n / samples:.0f}"]
+            for name, n in categories.most_common()
+        ],
+    )
+    s.table(
+        ["top own-time frames (leaf of each sample)", "share"],
+        [[name, f"{n / samples:.1%}"] for name, n in leaves.most_common(12)],
+    )
 
 
 def profile_section(duration: float, sessions: int) -> Section:
     from bench.subscriber import EXAMPLE, example_service
 
     s = Section(f"7. Profiles under load (py-spy, {duration:g} s each)")
-    s.add(f"`py-spy record -r {RATE} -f raw --threads --nonblocking` on the server process "
-          "while wrk drives it at 50 connections. Only the event loop's thread counts (py-spy "
-          "counts threads blocked in C, such as aiosqlite's, as busy; idle samples are left "
-          "out, so the samples are the loop's busy time). A sample is JWT work when a PyJWT "
-          "frame is on its stack (signing when the outermost PyJWT call is an encode), Redis "
-          "when a redis-py frame is (asyncio streams included: only redis-py uses them), "
-          "a socket send when its leaf is a transport write, else the innermost library frame "
-          "decides. wrk shares the two cores, so the kernel's loopback work is in the sends.",
-          "")
+    s.add(
+        f"`py-spy record -r {RATE} -f raw --threads --nonblocking` on the server process "
+        "while wrk drives it at 50 connections. Only the event loop's thread counts (py-spy "
+        "counts threads blocked in C, such as aiosqlite's, as busy; idle samples are left "
+        "out, so the samples are the loop's busy time). A sample is JWT work when a PyJWT "
+        "frame is on its stack (signing when the outermost PyJWT call is an encode), Redis "
+        "when a redis-py frame is (asyncio streams included: only redis-py uses them), "
+        "a socket send when its leaf is a transport write, else the innermost library frame "
+        "decides. wrk shares the two cores, so the kernel's loopback work is in the sends.",
+        "",
+    )
     with tokend_server(NO_LOGIN_LIMITS) as server, workdir("profile") as wd:
         bodies = asyncio.run(make_sessions(server.url, sessions))
         tokens = write_lines(wd / "tokens", [b["refresh_token"] for b in bodies])
-        result, raw = _record(server.proc.pid, server.url + "/auth/refresh", REFRESH_LUA,
-                              {"TOKEN_FILE": str(tokens)}, duration, wd)
+        result, raw = _record(
+            server.proc.pid,
+            server.url + "/auth/refresh",
+            REFRESH_LUA,
+            {"TOKEN_FILE": str(tokens)},
+            duration,
+            wd,
+        )
         _describe(s, "tokend `POST /auth/refresh`", raw, result, duration)
         fresh = asyncio.run(make_sessions(server.url, sessions))
         tokens = write_lines(wd / "tokens", [b["refresh_token"] for b in fresh])
         with login_storm(server.url, register_user(server.url)):
-            result, raw = _record(server.proc.pid, server.url + "/auth/refresh", REFRESH_LUA,
-                                  {"TOKEN_FILE": str(tokens)}, duration, wd)
-        _describe(s, f"tokend `POST /auth/refresh` while {STORM_LOGINS} logins run", raw,
-                  result, duration)
+            result, raw = _record(
+                server.proc.pid,
+                server.url + "/auth/refresh",
+                REFRESH_LUA,
+                {"TOKEN_FILE": str(tokens)},
+                duration,
+                wd,
+            )
+        _describe(
+            s, f"tokend `POST /auth/refresh` while {STORM_LOGINS} logins run", raw, result, duration
+        )
         if EXAMPLE.exists():
             # a session of its own: in one run the first session's access token was refused
             # (401) after the refresh runs above had driven its chain
             token = asyncio.run(make_sessions(server.url, 1))[0]["access_token"]
             with example_service(server) as (url, pid), workdir("profile-example") as wd2:
-                urllib.request.urlopen(urllib.request.Request(
-                    url + "/protected", headers={"Authorization": f"Bearer {token}"}), timeout=5
+                urllib.request.urlopen(
+                    urllib.request.Request(
+                        url + "/protected", headers={"Authorization": f"Bearer {token}"}
+                    ),
+                    timeout=5,
                 ).close()
-                result, raw = _record(pid, url + "/protected", REQUEST_LUA, {"BEARER": token},
-                                      duration, wd2)
-                _describe(s, "example service `GET /protected` (tokend_client)", raw, result,
-                          duration)
+                result, raw = _record(
+                    pid, url + "/protected", REQUEST_LUA, {"BEARER": token}, duration, wd2
+                )
+                _describe(
+                    s, "example service `GET /protected` (tokend_client)", raw, result, duration
+                )
     return s
-

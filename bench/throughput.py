@@ -49,7 +49,9 @@ def _line(name: str, r: WrkResult) -> str:
 
 
 def refresh_section(
-    rounds: int, duration: float, sessions: int,
+    rounds: int,
+    duration: float,
+    sessions: int,
     chosen: Sequence[Contender] = contenders.ALL,
 ) -> Section:
     """Every contender once per round, in the same order (A B C ... A B C ...)."""
@@ -57,15 +59,23 @@ def refresh_section(
     for i in range(rounds):
         for c in chosen:
             with c.start(sessions) as target:
-                r = run_wrk(target.url, connections=CONNECTIONS, duration=duration,
-                            script=target.script, env=target.env)
+                r = run_wrk(
+                    target.url,
+                    connections=CONNECTIONS,
+                    duration=duration,
+                    script=target.script,
+                    env=target.env,
+                )
             results[c.key].append(r)
             progress(f"[refresh] round {i + 1}/{rounds} {_line(c.key, r)} ({loadavg()})")
 
     s = Section(f"1. Refresh at {CONNECTIONS} connections ({duration:g} s x {rounds} rounds)")
-    s.add("Medians over the rounds with the min-max spread. Each contender is one process "
-          "(gunicorn: one sync worker), started fresh each round; rotation-on contenders follow "
-          "each session's token chain, the others re-present the same tokens.", "")
+    s.add(
+        "Medians over the rounds with the min-max spread. Each contender is one process "
+        "(gunicorn: one sync worker), started fresh each round; rotation-on contenders follow "
+        "each session's token chain, the others re-present the same tokens.",
+        "",
+    )
     tok = results.get("tokend", [])
     rows = []
     for c in chosen:
@@ -73,16 +83,34 @@ def refresh_section(
         ratio = "-"
         if tok and c.key != "tokend":
             per_round = [a.rps / b.rps for a, b in zip(tok, rs, strict=True)]
-            ratio = f"{median([a.rps for a in tok]) / median([b.rps for b in rs]):.2f}x " \
-                    f"({min(per_round):.2f}-{max(per_round):.2f})"
+            ratio = (
+                f"{median([a.rps for a in tok]) / median([b.rps for b in rs]):.2f}x "
+                f"({min(per_round):.2f}-{max(per_round):.2f})"
+            )
         ok = min(r.ok_share for r in rs)
-        rows.append([
-            c.label, fmt([r.rps for r in rs]), fmt([r.p50_ms for r in rs], 1),
-            fmt([r.p99_ms for r in rs], 1), f"{median([r.p99_ms / r.p50_ms for r in rs]):.1f}",
-            f"{ok:.1%}", ratio,
-        ])
-    s.table(["contender", "refresh/s", "p50 ms", "p99 ms", "p99/p50", "2xx (worst round)",
-             "tokend ÷ it (per-round range)"], rows)
+        rows.append(
+            [
+                c.label,
+                fmt([r.rps for r in rs]),
+                fmt([r.p50_ms for r in rs], 1),
+                fmt([r.p99_ms for r in rs], 1),
+                f"{median([r.p99_ms / r.p50_ms for r in rs]):.1f}",
+                f"{ok:.1%}",
+                ratio,
+            ]
+        )
+    s.table(
+        [
+            "contender",
+            "refresh/s",
+            "p50 ms",
+            "p99 ms",
+            "p99/p50",
+            "2xx (worst round)",
+            "tokend ÷ it (per-round range)",
+        ],
+        rows,
+    )
 
     def ratio(key: str) -> float | None:
         if not tok or key not in results:
@@ -91,32 +119,40 @@ def refresh_section(
 
     if "minimal" in results and "simplejwt-rotate" in results and "flask" in results:
         m = median([r.rps for r in results["minimal"]])
-        s.add(f"Context: the minimal handler is "
-              f"{m / median([r.rps for r in results['simplejwt-rotate']]):.1f}x simplejwt with "
-              f"rotation and {m / median([r.rps for r in results['flask']]):.1f}x "
-              f"flask-jwt-extended in this run (the issue measured about 16x and 2x).", "")
+        s.add(
+            f"Context: the minimal handler is "
+            f"{m / median([r.rps for r in results['simplejwt-rotate']]):.1f}x simplejwt with "
+            f"rotation and {m / median([r.rps for r in results['flask']]):.1f}x "
+            f"flask-jwt-extended in this run (the issue measured about 16x and 2x).",
+            "",
+        )
     for key, goal, need in (
         ("simplejwt-rotate", "refresh >= 25x simplejwt (rotation + blacklist)", 25.0),
         ("flask", "refresh >= 3x flask-jwt-extended", 3.0),
         ("minimal", "refresh within 15% of the minimal handler (>= 0.85x)", 0.85),
-        ("minimal-like", "refresh within 15% of the minimal handler with tokend's choices "
-         "(>= 0.85x)", 0.85),
+        (
+            "minimal-like",
+            "refresh within 15% of the minimal handler with tokend's choices (>= 0.85x)",
+            0.85,
+        ),
     ):
         x = ratio(key)
         s.target(goal, "-" if x is None else f"{x:.2f}x", None if x is None else x >= need)
     if tok:
         p = median([r.p99_ms / r.p50_ms for r in tok])
-        s.target("refresh p99 <= 2x p50", f"{p:.1f}x (p50 {fmt([r.p50_ms for r in tok], 1)} ms, "
-                 f"p99 {fmt([r.p99_ms for r in tok], 1)} ms)", p <= 2.0)
+        s.target(
+            "refresh p99 <= 2x p50",
+            f"{p:.1f}x (p50 {fmt([r.p50_ms for r in tok], 1)} ms, "
+            f"p99 {fmt([r.p99_ms for r in tok], 1)} ms)",
+            p <= 2.0,
+        )
     return s
 
 
 async def _login_storm(url: str, user: str, stop: asyncio.Event) -> tuple[int, int]:
     """Keep STORM_LOGINS logins in flight until ``stop``; (succeeded, failed)."""
     counts = [0, 0]
-    async with aiohttp.ClientSession(
-        connector=aiohttp.TCPConnector(limit=STORM_LOGINS)
-    ) as http:
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=STORM_LOGINS)) as http:
 
         async def one() -> None:
             while not stop.is_set():
@@ -161,8 +197,13 @@ async def _refresh_under_storm(
     stop = asyncio.Event()
     storm = asyncio.create_task(_login_storm(url, user, stop))
     await asyncio.sleep(0.5)  # the logins are in flight before the refreshes start
-    r = await run_wrk_async(url + "/auth/refresh", connections=CONNECTIONS, duration=duration,
-                            script=REFRESH_LUA, env={"TOKEN_FILE": tokens})
+    r = await run_wrk_async(
+        url + "/auth/refresh",
+        connections=CONNECTIONS,
+        duration=duration,
+        script=REFRESH_LUA,
+        env={"TOKEN_FILE": tokens},
+    )
     stop.set()
     ok, failed = await storm
     return r, ok, failed
@@ -177,52 +218,88 @@ def login_section(rounds: int, duration: float, sessions: int) -> Section:
         with tokend_server(NO_LOGIN_LIMITS) as server, workdir("login") as wd:
             user = asyncio.run(_register(server.url))
             body = json.dumps({"username": user, "password": PASSWORD})
-            r = run_wrk(server.url + "/auth/login", connections=LOGIN_CONNECTIONS,
-                        duration=duration, script=REQUEST_LUA,
-                        env={"METHOD": "POST", "BODY": body})
+            r = run_wrk(
+                server.url + "/auth/login",
+                connections=LOGIN_CONNECTIONS,
+                duration=duration,
+                script=REQUEST_LUA,
+                env={"METHOD": "POST", "BODY": body},
+            )
             login.append(r)
             progress(f"[login] round {i + 1}/{rounds} {_line('login', r)} ({loadavg()})")
             for phase in ("quiet", "storm"):
                 bodies = asyncio.run(make_sessions(server.url, sessions))
-                tokens = str(write_lines(wd / f"{phase}.tokens",
-                                         [b["refresh_token"] for b in bodies]))
+                tokens = str(
+                    write_lines(wd / f"{phase}.tokens", [b["refresh_token"] for b in bodies])
+                )
                 if phase == "quiet":
-                    r = run_wrk(server.url + "/auth/refresh", connections=CONNECTIONS,
-                                duration=duration, script=REFRESH_LUA, env={"TOKEN_FILE": tokens})
+                    r = run_wrk(
+                        server.url + "/auth/refresh",
+                        connections=CONNECTIONS,
+                        duration=duration,
+                        script=REFRESH_LUA,
+                        env={"TOKEN_FILE": tokens},
+                    )
                     quiet.append(r)
                     extra = ""
                 else:
                     t0 = time.monotonic()
                     r, ok, failed = asyncio.run(
-                        _refresh_under_storm(server.url, user, duration, tokens))
+                        _refresh_under_storm(server.url, user, duration, tokens)
+                    )
                     storm.append(r)
                     storm_logins.append(ok / (time.monotonic() - t0))
                     extra = f", {ok} logins ok, {failed} failed"
-                progress(f"[login] round {i + 1}/{rounds} refresh {phase}: "
-                         f"{_line(phase, r)}{extra} ({loadavg()})")
+                progress(
+                    f"[login] round {i + 1}/{rounds} refresh {phase}: "
+                    f"{_line(phase, r)}{extra} ({loadavg()})"
+                )
 
-    s = Section(f"2. Login, and refresh while {STORM_LOGINS} logins run ({duration:g} s x "
-                f"{rounds} rounds)")
-    s.add(f"Login: wrk at {LOGIN_CONNECTIONS} connections posting one user's credentials (a "
-          "fresh user each round; login failure limits raised so that successes in flight are "
-          "never limited). Refresh quiet and under the storm: the same tokend process, fresh "
-          f"sessions for each run, {CONNECTIONS} connections; the storm keeps {STORM_LOGINS} "
-          "logins in flight from an asyncio client for the whole run.", "")
-    s.table(["measure", "per second", "p50 ms", "p99 ms", "2xx (worst round)"], [
-        [f"login ({LOGIN_CONNECTIONS} connections)", fmt([r.rps for r in login]),
-         fmt([r.p50_ms for r in login], 1), fmt([r.p99_ms for r in login], 1),
-         f"{min(r.ok_share for r in login):.1%}"],
-        ["refresh, quiet", fmt([r.rps for r in quiet]), fmt([r.p50_ms for r in quiet], 1),
-         fmt([r.p99_ms for r in quiet], 1), f"{min(r.ok_share for r in quiet):.1%}"],
-        [f"refresh, {STORM_LOGINS} logins in flight", fmt([r.rps for r in storm]),
-         fmt([r.p50_ms for r in storm], 1), fmt([r.p99_ms for r in storm], 1),
-         f"{min(r.ok_share for r in storm):.1%}"],
-        ["logins completed during the storm", fmt(storm_logins, 1), "-", "-", "-"],
-    ])
+    s = Section(
+        f"2. Login, and refresh while {STORM_LOGINS} logins run ({duration:g} s x {rounds} rounds)"
+    )
+    s.add(
+        f"Login: wrk at {LOGIN_CONNECTIONS} connections posting one user's credentials (a "
+        "fresh user each round; login failure limits raised so that successes in flight are "
+        "never limited). Refresh quiet and under the storm: the same tokend process, fresh "
+        f"sessions for each run, {CONNECTIONS} connections; the storm keeps {STORM_LOGINS} "
+        "logins in flight from an asyncio client for the whole run.",
+        "",
+    )
+    s.table(
+        ["measure", "per second", "p50 ms", "p99 ms", "2xx (worst round)"],
+        [
+            [
+                f"login ({LOGIN_CONNECTIONS} connections)",
+                fmt([r.rps for r in login]),
+                fmt([r.p50_ms for r in login], 1),
+                fmt([r.p99_ms for r in login], 1),
+                f"{min(r.ok_share for r in login):.1%}",
+            ],
+            [
+                "refresh, quiet",
+                fmt([r.rps for r in quiet]),
+                fmt([r.p50_ms for r in quiet], 1),
+                fmt([r.p99_ms for r in quiet], 1),
+                f"{min(r.ok_share for r in quiet):.1%}",
+            ],
+            [
+                f"refresh, {STORM_LOGINS} logins in flight",
+                fmt([r.rps for r in storm]),
+                fmt([r.p50_ms for r in storm], 1),
+                fmt([r.p99_ms for r in storm], 1),
+                f"{min(r.ok_share for r in storm):.1%}",
+            ],
+            ["logins completed during the storm", fmt(storm_logins, 1), "-", "-", "-"],
+        ],
+    )
     ratio = median([a.p99_ms / b.p99_ms for a, b in zip(storm, quiet, strict=True)])
-    s.target(f"refresh p99 under {STORM_LOGINS} logins <= 2x quiet p99", f"{ratio:.2f}x "
-             f"({fmt([r.p99_ms for r in storm], 1)} vs {fmt([r.p99_ms for r in quiet], 1)} ms)",
-             ratio <= 2.0)
+    s.target(
+        f"refresh p99 under {STORM_LOGINS} logins <= 2x quiet p99",
+        f"{ratio:.2f}x "
+        f"({fmt([r.p99_ms for r in storm], 1)} vs {fmt([r.p99_ms for r in quiet], 1)} ms)",
+        ratio <= 2.0,
+    )
     p = median([r.p99_ms / r.p50_ms for r in quiet])
     s.target("refresh p99 <= 2x p50 (quiet run of this section)", f"{p:.1f}x", p <= 2.0)
     return s

@@ -23,6 +23,7 @@ from service.redisconn import make_redis
 from service.sessions import SessionStore
 from service.settings import Settings
 from service.tokens import new_id
+from tokend_client._redis import RedisTarget
 
 CHUNK = 2_000
 
@@ -48,7 +49,7 @@ async def _one(method: str, n: int, keep: bool) -> tuple[float, float, int]:
     """(revocation seconds, worst other-user refresh seconds meanwhile, events)."""
     prefix = new_prefix("revoke-user")
     settings = replace(Settings(), redis_prefix=prefix, max_sessions_per_user=0)
-    redis = make_redis(REDIS_URL, pool_size=32, pool_timeout=10)
+    redis = make_redis(RedisTarget(url=REDIS_URL), pool_size=32, pool_timeout=10)
     store = SessionStore.from_settings(redis, settings)
     walk = redis.register_script(_walk_script())
     try:

@@ -72,7 +72,7 @@ def setup_database(app: web.Application, settings: Settings) -> None:
 def setup_redis(app: web.Application, settings: Settings) -> None:
     async def ctx(app: web.Application) -> AsyncIterator[None]:
         client = make_redis(
-            settings.redis_url,
+            settings.redis,
             pool_size=settings.redis_pool_size,
             pool_timeout=settings.redis_pool_timeout,
         )
@@ -118,7 +118,7 @@ def setup_keys(app: web.Application, settings: Settings, kek: bytes) -> None:
         app[KEYSTORE] = store
         app[KEYRING] = ring
         # The subscription holds a connection for good: keep it out of the request pool.
-        subscriber = make_redis(settings.redis_url, pool_size=2, pool_timeout=5.0)
+        subscriber = make_redis(settings.redis, pool_size=2, pool_timeout=5.0)
         tasks = [
             asyncio.create_task(_reload_keys(store, ring)),
             asyncio.create_task(_watch_key_events(subscriber, settings.redis_prefix, store, ring)),

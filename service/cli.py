@@ -113,7 +113,7 @@ async def disable_user_cli(settings: Settings, username: str, *, delete: bool = 
     write generation past the known position and so hiding the loss from every process.
     """
     engine = make_engine(settings.database_url)
-    redis = make_redis(settings.redis_url, pool_size=2, pool_timeout=5.0)
+    redis = make_redis(settings.redis, pool_size=2, pool_timeout=5.0)
     try:
         fence = RedisFence(
             redis,
@@ -142,7 +142,7 @@ async def rotate_keys(settings: Settings) -> int | None:
     from workers.rotation import rotate_and_announce
 
     engine = make_engine(settings.database_url)
-    redis = make_redis(settings.redis_url, pool_size=2, pool_timeout=5.0)
+    redis = make_redis(settings.redis, pool_size=2, pool_timeout=5.0)
     try:
         store = SqlKeyStore(async_sessionmaker(engine), Sealer(resolve_kek(settings)))
         return await rotate_and_announce(
@@ -174,7 +174,7 @@ async def tail_events(settings: Settings, since: str | None = None) -> None:
     """
     stream = Keyspace(settings.redis_prefix).events
     last = _tail_start(since)
-    client = make_redis(settings.redis_url, pool_size=1, pool_timeout=5.0)
+    client = make_redis(settings.redis, pool_size=1, pool_timeout=5.0)
     follower = asyncio.create_task(_follow_stream(client, stream, last))
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -319,7 +319,8 @@ def run(argv: Sequence[str], env: Mapping[str, str]) -> int:
             migrate.upgrade(settings.database_url)
             if url != settings.redis_url:
                 log.info("started a private redis-server at %s (stopped on exit)", url)
-            run_fast(serve(dataclasses.replace(settings, redis_url=url), with_workers=True))
+            private = dataclasses.replace(settings.redis, url=url)
+            run_fast(serve(dataclasses.replace(settings, redis=private), with_workers=True))
     elif args.command == "db":
         migrate.upgrade(settings.database_url)
         print("database is at the latest schema")

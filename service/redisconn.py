@@ -12,15 +12,17 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from tokend_client._redis import RedisTarget
+
 from .errors import Unavailable
 
 
-def make_redis(url: str, *, pool_size: int, pool_timeout: float) -> aioredis.Redis:
-    """A client on a bounded, blocking pool: a burst waits up to ``pool_timeout`` for a slot."""
-    pool = aioredis.BlockingConnectionPool.from_url(
-        url,
+def make_redis(target: RedisTarget, *, pool_size: int, pool_timeout: float) -> aioredis.Redis:
+    """A client of ``target`` (standalone, cluster or sentinel) on a bounded pool: in
+    standalone mode a burst waits up to ``pool_timeout`` for a connection."""
+    client: aioredis.Redis = target.client(
         max_connections=pool_size,
-        timeout=pool_timeout,
+        pool_timeout=pool_timeout,
         socket_connect_timeout=2,
         socket_timeout=5,
         health_check_interval=30,
@@ -31,7 +33,7 @@ def make_redis(url: str, *, pool_size: int, pool_timeout: float) -> aioredis.Red
         # window returns the same successor, revocations are idempotent.
         retry=Retry(NoBackoff(), 1, supported_errors=(RedisConnectionError,)),
     )
-    return aioredis.Redis(connection_pool=pool)
+    return client
 
 
 @contextlib.contextmanager

@@ -12,7 +12,12 @@ from types import MappingProxyType
 from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
+from tokend_client._redis import RedisTarget
+
 from .errors import ConfigError
+
+# The event log's partitions: each is one hash slot of a Redis Cluster.
+MAX_PARTITIONS = 256
 
 T = TypeVar("T")
 
@@ -48,10 +53,17 @@ class Settings:
 
     host: str = "127.0.0.1"
     port: int = 8080
-    redis_url: str = "redis://127.0.0.1:6379/0"
     redis_prefix: str = "tokend"
     redis_pool_size: int = 64
     redis_pool_timeout: float = 2.0
+    # standalone | cluster | sentinel, and where (tokend_client/_redis.py reads the env)
+    redis: RedisTarget = field(default_factory=RedisTarget)
+    # Event-log partitions (fixed when a deployment is created; every user lives in one)
+    redis_partitions: int = 16
+    # Replicas that must have a revocation or a login before it is answered (Redis WAIT)
+    redis_replica_acks: int = 0
+    redis_replica_ack_timeout: int = 1000
+    processes: int = 1
     database_url: str = "sqlite+aiosqlite:///./tokend.db"
     issuer: str = "http://127.0.0.1:8080"
     audience: str = "tokend"
@@ -92,6 +104,11 @@ class Settings:
     oidc_starts_per_ip: int = 60
 
     @property
+    def redis_url(self) -> str:
+        """Standalone: the server; cluster: a node to discover the others from."""
+        return self.redis.url
+
+    @property
     def is_sqlite(self) -> bool:
         return self.database_url.startswith("sqlite")
 
@@ -102,7 +119,15 @@ class Settings:
         settings = cls(
             host=r.get("TOKEND_HOST", cls.host, str),
             port=r.get("TOKEND_PORT", cls.port, _port),
-            redis_url=r.get("TOKEND_REDIS_URL", cls.redis_url, _redis_url),
+            redis=_redis_target(env),
+            redis_partitions=r.get("TOKEND_REDIS_PARTITIONS", cls.redis_partitions, _partitions),
+            redis_replica_acks=r.get(
+                "TOKEND_REDIS_REPLICA_ACKS", cls.redis_replica_acks, _non_negative
+            ),
+            redis_replica_ack_timeout=r.get(
+                "TOKEND_REDIS_REPLICA_ACK_TIMEOUT", cls.redis_replica_ack_timeout, _positive
+            ),
+            processes=r.get("TOKEND_PROCESSES", cls.processes, _positive),
             redis_prefix=r.get("TOKEND_REDIS_PREFIX", cls.redis_prefix, _prefix),
             redis_pool_size=r.get("TOKEND_REDIS_POOL_SIZE", cls.redis_pool_size, _positive),
             redis_pool_timeout=r.get(
@@ -265,10 +290,20 @@ def _prefix(raw: str) -> str:
     return raw
 
 
-def _redis_url(raw: str) -> str:
-    if urlsplit(raw).scheme not in ("redis", "rediss", "unix"):
-        raise ValueError(f"expected a redis://, rediss:// or unix:// URL, got {raw!r}")
-    return raw
+def _redis_target(env: Mapping[str, str]) -> RedisTarget:
+    try:
+        return RedisTarget.from_env(env)
+    except ValueError as exc:
+        text = str(exc)
+        name = "TOKEND_REDIS_URL" if "URL" in text else "TOKEND_REDIS_MODE"
+        raise ConfigError(text if text.startswith("TOKEND_") else f"{name}: {text}") from None
+
+
+def _partitions(raw: str) -> int:
+    value = _positive(raw)
+    if value > MAX_PARTITIONS:
+        raise ValueError(f"must be at most {MAX_PARTITIONS}, got {raw!r}")
+    return value
 
 
 def _database_url(raw: str) -> str:

@@ -27,6 +27,7 @@ from service.sessions import EXPIRY_SHARDS, SessionStore
 from service.tokens import new_id
 from tests.conftest import FAST_ARGON2, REDIS_URL, TEST_KEK
 from tests.support import bearer, register_and_login, unverified
+from tokend_client._redis import RedisTarget
 from workers.expiry import ExpiryWorker
 from workers.rotation import KeyRotationWorker, rotate_and_announce
 
@@ -51,7 +52,7 @@ def store_for(redis: aioredis.Redis, make_settings: Any, **env: str) -> SessionS
 
 async def test_expiry_sweeps_only_due_sessions_once(make_settings, redis_client) -> None:
     settings = make_settings(TOKEND_REFRESH_IDLE_TTL="100", TOKEND_REFRESH_ABSOLUTE_TTL="1000")
-    redis = make_redis(REDIS_URL, pool_size=4, pool_timeout=1)
+    redis = make_redis(RedisTarget(url=REDIS_URL), pool_size=4, pool_timeout=1)
     clock = FrozenClock()
     store = SessionStore.from_settings(redis, settings)
     try:
@@ -91,7 +92,7 @@ async def test_expiry_sweeps_only_due_sessions_once(make_settings, redis_client)
 
 async def test_refreshed_session_is_not_expired(make_settings, redis_client) -> None:
     settings = make_settings(TOKEND_REFRESH_IDLE_TTL="100", TOKEND_REFRESH_ABSOLUTE_TTL="1000")
-    redis = make_redis(REDIS_URL, pool_size=4, pool_timeout=1)
+    redis = make_redis(RedisTarget(url=REDIS_URL), pool_size=4, pool_timeout=1)
     clock = FrozenClock()
     store = SessionStore.from_settings(redis, settings)
     try:
@@ -112,7 +113,7 @@ async def test_refreshed_session_is_not_expired(make_settings, redis_client) -> 
 
 async def test_absolute_deadline_expiry_reason(make_settings, redis_client) -> None:
     settings = make_settings(TOKEND_REFRESH_IDLE_TTL="100", TOKEND_REFRESH_ABSOLUTE_TTL="150")
-    redis = make_redis(REDIS_URL, pool_size=4, pool_timeout=1)
+    redis = make_redis(RedisTarget(url=REDIS_URL), pool_size=4, pool_timeout=1)
     clock = FrozenClock(1_900_000_000.0)  # ahead of the wall clock, so Redis TTLs keep keys
     store = SessionStore.from_settings(redis, settings)
     try:
@@ -144,7 +145,7 @@ async def test_two_worker_processes_sweep_10000_sessions_exactly_once(
     make_settings, redis_client
 ) -> None:
     settings = make_settings(TOKEND_REFRESH_IDLE_TTL="60")
-    redis = make_redis(REDIS_URL, pool_size=32, pool_timeout=5)
+    redis = make_redis(RedisTarget(url=REDIS_URL), pool_size=32, pool_timeout=5)
     store = SessionStore.from_settings(redis, settings)
     past = time.time() - 3600  # every one of them is already past its idle deadline
     sids = [new_id() for _ in range(10_000)]
@@ -219,7 +220,7 @@ async def test_key_rotation_lifecycle(make_client, make_settings, redis_client) 
     tokens = await register_and_login(client)
     old_kid = unverified(tokens["access_token"])[0]["kid"]
     store, engine = await key_store(settings)
-    redis = make_redis(REDIS_URL, pool_size=4, pool_timeout=1)
+    redis = make_redis(RedisTarget(url=REDIS_URL), pool_size=4, pool_timeout=1)
     worker = KeyRotationWorker(
         store=store,
         sessions=SessionStore.from_settings(redis, settings),
@@ -296,7 +297,7 @@ async def test_cli_rotation_reaches_running_api(make_client, make_settings) -> N
 async def test_concurrent_rotations_create_one_key(make_settings) -> None:
     settings = make_settings()
     store, engine = await key_store(settings)
-    redis = make_redis(REDIS_URL, pool_size=4, pool_timeout=1)
+    redis = make_redis(RedisTarget(url=REDIS_URL), pool_size=4, pool_timeout=1)
     sessions = SessionStore.from_settings(redis, settings)
     try:
         await store.create(1, "EdDSA", activates_at=time.time(), now=time.time())
@@ -361,7 +362,7 @@ async def test_worker_process_exports_metrics(make_settings, redis_client) -> No
     from service.devredis import free_port
 
     settings = make_settings(TOKEND_REFRESH_IDLE_TTL="60")
-    redis = make_redis(REDIS_URL, pool_size=4, pool_timeout=5)
+    redis = make_redis(RedisTarget(url=REDIS_URL), pool_size=4, pool_timeout=5)
     store = SessionStore.from_settings(redis, settings)
     try:
         for _ in range(5):

@@ -58,7 +58,7 @@ async def run_workers(
     Inside another command (``tokend dev``) that owns the signals, pass
     ``handle_signals=False`` and cancel the task instead: a loop has one handler per signal.
     """
-    redis = make_redis(settings.redis_url, pool_size=8, pool_timeout=5.0)
+    redis = make_redis(settings.redis, pool_size=8, pool_timeout=5.0)
     engine = make_engine(settings.database_url)
     keys = SqlKeyStore(async_sessionmaker(engine), Sealer(resolve_kek(settings)))
     runner = WorkerRunner(
@@ -100,7 +100,7 @@ async def _serve_metrics(metrics: WorkerMetrics, host: str, port: int) -> web.Ap
 
 async def check(settings: Settings, max_age: float = 30.0) -> bool:
     """Whether this host's workers have a fresh heartbeat."""
-    redis = make_redis(settings.redis_url, pool_size=1, pool_timeout=2.0)
+    redis = make_redis(settings.redis, pool_size=1, pool_timeout=2.0)
     try:
         with redis_errors():
             return await heartbeat_fresh(redis, settings.redis_prefix, system_clock(), max_age)
