@@ -21,7 +21,7 @@ from .clock import Clock, system_clock
 from .crypto import Sealer
 from .db import make_engine
 from .errors import TokendError
-from .fence import PositionStore, RedisFence
+from .fence import RedisFence
 from .http import auth_routes, health, oauth_routes, oidc_routes, openapi, wellknown
 from .http.appkeys import AUTH, CLOCK, ENGINE, FENCE, KEYRING, KEYSTORE, METRICS, REDIS, SETTINGS
 from .http.errors import error_middleware, header_size_middleware
@@ -31,6 +31,7 @@ from .keys import KeyRing, SqlKeyStore, ensure_signing_key
 from .keyspace import Keyspace
 from .metrics import Metrics
 from .passwords import PasswordHasher
+from .positions import PositionStore
 from .ratelimit import AuthLimits
 from .redisconn import make_redis
 from .sessions import SessionStore
@@ -87,13 +88,8 @@ def setup_fence(app: web.Application, settings: Settings) -> None:
     """Detect a Redis that lost data or was rolled back, and fence it (see fence.py)."""
 
     async def ctx(app: web.Application) -> AsyncIterator[None]:
-        fence = RedisFence(
-            app[REDIS],
-            prefix=settings.redis_prefix,
-            positions=PositionStore(async_sessionmaker(app[ENGINE])),
-            clock=app[CLOCK],
-            deny_window=settings.access_ttl + settings.leeway + 1,
-            retention=settings.access_ttl + settings.leeway + 300,
+        fence = RedisFence.from_settings(
+            app[REDIS], settings, PositionStore(async_sessionmaker(app[ENGINE])), app[CLOCK]
         )
         await fence.start()
         app[FENCE] = fence
@@ -104,6 +100,8 @@ def setup_fence(app: web.Application, settings: Settings) -> None:
             await fence.checkpoint()
         except TokendError as exc:
             log.warning("could not record the Redis position at shutdown: %s", exc)
+        if fence.replicated is not None:
+            await fence.replicated.aclose()
 
     app.cleanup_ctx.append(ctx)
 
@@ -152,8 +150,9 @@ async def _watch_key_events(redis: Redis, prefix: str, store: SqlKeyStore, ring:
     stream, is a key.rotated, and is newer than the last one reloaded for. Junk and
     forged messages cost at most one XRANGE each, never a SQL query.
     """
-    keys = Keyspace(prefix)
-    channel, stream = keys.channel, keys.events
+    # key.rotated goes to partition 0, whose stream's name is also its channel's
+    stream = Keyspace(prefix).partition(0).events
+    channel = stream
     backoff = 0.5
     last: StreamId | None = None
     subscribed_before = False

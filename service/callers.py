@@ -57,7 +57,7 @@ class Callers:
         """The active user whose live session the verified refresh-token ``claims`` may
         still refresh, and the session's scope; None when the token is spent or dead."""
         grant = await self.sessions.live_grant(
-            sid=claims["sid"], jti=claims["jti"], now=self.clock()
+            sid=claims["sid"], jti=claims["jti"], now=self.clock(), uid=claims["sub"]
         )
         if grant is None or grant.uid != claims["sub"]:
             return None

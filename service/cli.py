@@ -30,12 +30,13 @@ from .crypto import Sealer, generate_kek
 from .db import make_engine
 from .devredis import redis_for_dev
 from .errors import TokendError
-from .fence import PositionStore, RedisFence
+from .fence import RedisFence
 from .http.errors import TokendRunner
 from .kek import resolve_kek
 from .keys import SqlKeyStore
 from .keyspace import Keyspace
 from .passwords import PasswordHasher, check_password_rules
+from .positions import PositionStore
 from .redisconn import make_redis
 from .sessions import SessionStore
 from .settings import Settings
@@ -115,13 +116,8 @@ async def disable_user_cli(settings: Settings, username: str, *, delete: bool = 
     engine = make_engine(settings.database_url)
     redis = make_redis(settings.redis, pool_size=2, pool_timeout=5.0)
     try:
-        fence = RedisFence(
-            redis,
-            prefix=settings.redis_prefix,
-            positions=PositionStore(async_sessionmaker(engine)),
-            clock=time.time,
-            deny_window=settings.access_ttl + settings.leeway + 1,
-            retention=settings.access_ttl + settings.leeway + 300,
+        fence = RedisFence.from_settings(
+            redis, settings, PositionStore(async_sessionmaker(engine)), time.time
         )
         await fence.start()
         revoked = await (delete_user if delete else disable_user)(
@@ -166,16 +162,20 @@ TAIL_BLOCK_MS = 1000
 async def tail_events(settings: Settings, since: str | None = None) -> None:
     """Print revocation events as they arrive, one JSON line each, until SIGTERM or SIGINT.
 
-    Only entries of the stream ``<prefix>:events`` are printed (each its v1 event with its
-    stream ``id``), read with ``XREAD BLOCK`` after the last one printed. The channel
-    ``<prefix>:revocations`` is not read at all: anyone who may PUBLISH could put anything
-    on it. With ``since`` (a stream entry id, or ``-`` for everything kept), the stream is
-    replayed after that entry first; without it the tail starts at the stream's end.
+    Only entries of the partitions' streams ``<prefix>:{T}:events`` are printed (each its
+    v1 event with its stream ``id`` and ``partition``), read with ``XREAD BLOCK`` after
+    the last one printed, one reader per partition. The pub/sub channels are not read at
+    all: anyone who may PUBLISH could put anything on them. With ``since`` (a stream entry
+    id, or ``-`` for everything kept), each stream is replayed after that entry first;
+    without it the tail starts at the streams' ends.
     """
-    stream = Keyspace(settings.redis_prefix).events
+    parts = Keyspace(settings.redis_prefix, settings.redis_partitions).all
     last = _tail_start(since)
-    client = make_redis(settings.redis, pool_size=1, pool_timeout=5.0)
-    follower = asyncio.create_task(_follow_stream(client, stream, last))
+    # a blocking XREAD holds its connection: one per partition
+    client = make_redis(settings.redis, pool_size=len(parts) + 1, pool_timeout=5.0)
+    followers = [
+        asyncio.create_task(_follow_stream(client, p.events, p.index, last)) for p in parts
+    ]
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     signals = (signal.SIGTERM, signal.SIGINT)
@@ -184,14 +184,15 @@ async def tail_events(settings: Settings, since: str | None = None) -> None:
             loop.add_signal_handler(sig, stop.set)
     stopping = asyncio.create_task(stop.wait())
     try:
-        await asyncio.wait([follower, stopping], return_when=asyncio.FIRST_COMPLETED)
-        if follower.done():
-            follower.result()  # it only ends by failing: raise that
+        await asyncio.wait([*followers, stopping], return_when=asyncio.FIRST_COMPLETED)
+        for follower in followers:
+            if follower.done():
+                follower.result()  # it only ends by failing: raise that
     finally:
         for sig in signals:
             with contextlib.suppress(NotImplementedError, RuntimeError):
                 loop.remove_signal_handler(sig)
-        await stop_tasks([follower, stopping])
+        await stop_tasks([*followers, stopping])
         await client.aclose()
 
 
@@ -207,7 +208,7 @@ def _tail_start(since: str | None) -> str | None:
     return since
 
 
-async def _follow_stream(client: Redis, stream: str, last: str | None) -> None:
+async def _follow_stream(client: Redis, stream: str, partition: int, last: str | None) -> None:
     if last is None:
         # A concrete id, not "$": "$" on every read would lose what arrives between reads.
         top = cast(list[tuple[str, Any]], await client.xrevrange(stream, count=1))
@@ -227,7 +228,8 @@ async def _follow_stream(client: Redis, stream: str, last: str | None) -> None:
                 if not isinstance(event, dict):
                     log.warning("stream entry %s is not an event; skipped", entry_id)
                     continue
-                print(json.dumps({**event, "id": entry_id}, separators=(",", ":")), flush=True)
+                line = {**event, "id": entry_id, "partition": partition}
+                print(json.dumps(line, separators=(",", ":")), flush=True)
 
 
 def run_fast(main: Coroutine[Any, Any, None]) -> None:

@@ -34,7 +34,15 @@ EVENTS: dict[str, dict[str, str]] = {
     "token.revoked": {**_BASE, "sub": "string", "sid": "string", "jti": "string"},
     # sid: the session kept (it changed the password), null when none
     "user.revoked": {**_BASE, "sub": "string", "sid": "string|null", "jti": "null"},
-    "all.revoked": {**_BASE, "sub": "null", "sid": "null", "jti": "null", "epoch": "integer"},
+    # partition: the one whose data was lost (its users' tokens are denied); absent: all
+    "all.revoked": {
+        **_BASE,
+        "sub": "null",
+        "sid": "null",
+        "jti": "null",
+        "epoch": "integer",
+        "partition": "integer?",
+    },
     "key.rotated": {
         **_BASE,
         "sub": "null",

@@ -5,16 +5,20 @@ empty (a restart without persistence, a new server) or from an older snapshot, c
 refresh tokens come back to life and revoked access tokens pass again. tokend notices
 and fences instead of trusting the data.
 
-The *position* of the data in Redis is ``(epoch, gen)``, compared in that order:
+Each partition of the data (service/keyspace.py) has its own *position* ``(epoch,
+gen)``, compared in that order, so a loss on one shard of a cluster fences only the
+users who lived there:
 
-    P:epoch   the epoch: 1 at first start, one more at every fence; never expires
-    P:gen     the write generation: every rotation and every revocation INCRs it
-    P:fence   the time of the last fence: access tokens issued up to it are denied
+    P:{T}:epoch   the epoch: 1 at first start, one more at every fence; never expires
+    P:{T}:gen     the write generation: every rotation and every revocation INCRs it
+    P:{T}:fence   the time of the last fence: access tokens issued up to it are denied
 
-Each API process knows the highest position it has seen: from the replies of its own
-rotations and revocations, from the deny check's reads, and from SQL, where the
-position is checkpointed every few seconds (table ``redis_positions``, one row per key
-prefix; SQL never sits on the refresh or ``/auth/me`` path). Redis is *behind* when
+Each API process knows the highest position it has seen of each partition: from the
+replies of its own rotations and revocations, from the deny check's reads, and from
+SQL, where the positions are checkpointed every few seconds (table
+``redis_positions``, one row per prefix and partition, ``<prefix>#<n>``; SQL never sits
+on the refresh or ``/auth/me`` path). With replicas to wait for, only positions known
+to be on the replicas count (``RedisFence``). Redis is *behind* when
 its epoch is missing (data lost) or its position is below the known one (rolled back).
 The hot paths check this in band, with no extra round trip: rotate.lua and create.lua
 get the known position and answer ``stale``; the deny check reads the position in its
@@ -27,8 +31,8 @@ memory and SQL and, when Redis really is behind, runs fence.lua:
   a restored snapshot gets 401 and its whole session is gone;
 - ``P:fence`` := now: every access token issued up to the fence is denied at tokend
   until it would have expired;
-- the event ``all.revoked`` (reason ``redis_data_loss`` or ``redis_rollback``) goes to
-  the new stream and channel, so subscribers deny the same tokens.
+- the event ``all.revoked`` (reason ``redis_data_loss`` or ``redis_rollback``, with the
+  ``partition``) goes to the partition's new stream, so subscribers deny the same tokens.
 
 A Redis restarted with all its data (AOF with ``appendfsync always``, a clean shutdown)
 is at or past the known position and is not fenced.
@@ -41,81 +45,21 @@ import contextlib
 import logging
 import math
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
 from importlib import resources
 from typing import Any, cast
 
 import redis.asyncio as aioredis
-from sqlalchemy import select
-from sqlalchemy.ext.asyncio import async_sessionmaker
 
 from . import replies
 from .clock import Clock
-from .db import db_errors
-from .errors import Conflict, TokendError, Unavailable
-from .keyspace import Keyspace
-from .models import RedisPositionRow
+from .errors import TokendError, Unavailable
+from .keyspace import DEFAULT_PARTITIONS, Keyspace
+from .positions import Position, PositionStore, parse_position
 from .redisconn import redis_errors
+from .replicated import ReplicatedWrites
+from .settings import Settings
 
 log = logging.getLogger("tokend.fence")
-
-
-@dataclass(frozen=True, order=True)
-class Position:
-    """Where the data in Redis stands: a fence starts a new epoch; writes raise gen."""
-
-    epoch: int
-    gen: int
-
-
-def parse_position(epoch: Any, gen: Any) -> Position | None:
-    """The position read from Redis; None when the epoch marker is missing (data lost)."""
-    if epoch is None:
-        return None
-    return Position(int(epoch), int(gen or 0))
-
-
-class PositionStore:
-    """The durable high-water mark in SQL: only ever raised."""
-
-    def __init__(self, sessions: async_sessionmaker) -> None:  # type: ignore[type-arg]
-        self._sessions = sessions
-
-    async def load(self, prefix: str) -> Position | None:
-        with db_errors():
-            async with self._sessions() as session:
-                row = await session.get(RedisPositionRow, prefix)
-                return None if row is None else Position(row.epoch, row.gen)
-
-    async def raise_to(self, prefix: str, position: Position, now: float) -> Position:
-        """Store ``position`` unless a higher one is stored; the stored one."""
-        for _ in range(3):
-            try:
-                with db_errors():
-                    async with self._sessions() as session, session.begin():
-                        row = await session.scalar(
-                            select(RedisPositionRow)
-                            .where(RedisPositionRow.prefix == prefix)
-                            .with_for_update()
-                        )
-                        if row is None:
-                            session.add(
-                                RedisPositionRow(
-                                    prefix=prefix,
-                                    epoch=position.epoch,
-                                    gen=position.gen,
-                                    updated_at=now,
-                                )
-                            )
-                            return position
-                        stored = Position(row.epoch, row.gen)
-                        if position > stored:
-                            row.epoch, row.gen, row.updated_at = position.epoch, position.gen, now
-                            return position
-                        return stored
-            except Conflict:  # another process inserted the row first: compare with it
-                continue
-        raise Unavailable("could not record the Redis position")
 
 
 def _fence_script() -> str:
@@ -123,8 +67,19 @@ def _fence_script() -> str:
     return (lua / "common.lua").read_text() + "\n" + (lua / "fence.lua").read_text()
 
 
+class LayoutMismatch(TokendError):
+    """Redis holds data of a deployment with another partition count."""
+
+
 class RedisFence:
-    """Knows the highest Redis position seen and fences a Redis that fell behind it."""
+    """Knows the highest position seen of each partition and fences one that fell behind.
+
+    With ``replica_acks`` (TOKEND_REDIS_REPLICA_ACKS) above 0, only positions known to be
+    on that many replicas count as seen: the replies of writes that waited for them, and
+    the periodic check's ``WAIT`` after a marker write (``replicated``). A promoted
+    replica is then never behind the known position, so a failover is not taken for a
+    rollback; only a real loss (primary and replicas gone, an old snapshot) is fenced.
+    """
 
     def __init__(
         self,
@@ -135,6 +90,8 @@ class RedisFence:
         clock: Clock,
         deny_window: int,
         retention: int,
+        partitions: int = DEFAULT_PARTITIONS,
+        replicated: ReplicatedWrites | None = None,
         check_interval: float = 1.0,
         checkpoint_interval: float = 5.0,
     ) -> None:
@@ -144,96 +101,154 @@ class RedisFence:
         self.clock = clock
         self.deny_window = deny_window
         self.retention = retention
+        self.replicated = replicated
         self.check_interval = check_interval
         self.checkpoint_interval = checkpoint_interval
-        #: The highest position seen (None until Redis has been read once).
-        self.known: Position | None = None
-        self._durable: Position | None = None  # last loaded from or saved to SQL
-        self._lock = asyncio.Lock()
-        self.keys = Keyspace(prefix)
+        self.keys = Keyspace(prefix, partitions)
+        #: The highest position seen of each partition (absent until read once).
+        self.known: dict[int, Position] = {}
+        self._durable: dict[int, Position] = {}  # last loaded from or saved to SQL
+        self._locks = [asyncio.Lock() for _ in self.keys.all]
         self._fence = redis.register_script(_fence_script())
         #: Fences this process ran (data loss or rollback detected).
         self.fences = 0
 
-    @property
-    def epoch_key(self) -> str:
-        return self.keys.epoch
+    @classmethod
+    def from_settings(
+        cls,
+        redis: aioredis.Redis,
+        settings: Settings,
+        positions: PositionStore | None,
+        clock: Clock,
+    ) -> RedisFence:
+        """The fence of ``settings``' prefix and partitions, waiting for
+        ``TOKEND_REDIS_REPLICA_ACKS`` replicas when set."""
+        replicated = None
+        if settings.redis_replica_acks > 0:
+            replicated = ReplicatedWrites(
+                redis,
+                settings.redis,
+                acks=settings.redis_replica_acks,
+                timeout_ms=settings.redis_replica_ack_timeout,
+            )
+        return cls(
+            redis,
+            prefix=settings.redis_prefix,
+            positions=positions,
+            clock=clock,
+            deny_window=settings.access_ttl + settings.leeway + 1,
+            retention=settings.access_ttl + settings.leeway + 300,
+            partitions=settings.redis_partitions,
+            replicated=replicated,
+        )
 
     @property
-    def gen_key(self) -> str:
-        return self.keys.gen
+    def trusts_every_write(self) -> bool:
+        """Whether every reply's position counts (no replicas to wait for)."""
+        return self.replicated is None
 
-    @property
-    def fence_key(self) -> str:
-        return self.keys.fence
-
-    def argv(self) -> tuple[str, str]:
+    def argv(self, part: int) -> tuple[str, str]:
         """The known position for a script's ARGV; ('', '') before it is known (no check)."""
-        if self.known is None:
+        known = self.known.get(part)
+        if known is None:
             return "", ""
-        return str(self.known.epoch), str(self.known.gen)
+        return str(known.epoch), str(known.gen)
 
-    def observe(self, position: Position) -> None:
-        """Raise the known position to one Redis just answered with."""
-        if self.known is None or position > self.known:
-            self.known = position
+    def observe(self, part: int, position: Position) -> None:
+        """Raise the known position of a partition to one Redis answered with."""
+        known = self.known.get(part)
+        if known is None or position > known:
+            self.known[part] = position
 
     def behind(self, seen: Position | None, known: Position | None) -> bool:
         """Whether Redis at ``seen`` lost or rolled back data that ``known`` saw."""
         return known is not None and (seen is None or seen < known)
 
+    def _store_key(self, part: int) -> str:
+        return f"{self.prefix}#{part}"
+
     # start-up, lazy initialisation and recovery
 
     async def start(self) -> None:
-        """Load the SQL mark, then check Redis (an unreachable Redis is checked lazily)."""
+        """Check the layout, load the SQL marks, then check every partition (an
+        unreachable Redis is checked lazily)."""
         if self.positions is not None:
-            self._durable = await self.positions.load(self.prefix)
+            for part in range(self.keys.partitions):
+                stored = await self.positions.load(self._store_key(part))
+                if stored is not None:
+                    self._durable[part] = stored
         try:
-            await self.ensure()
+            await self.check_layout()
+            for part in range(self.keys.partitions):
+                await self.ensure(part)
             await self.checkpoint()  # a loss right after the first start is caught too
         except Unavailable as exc:
             log.warning("Redis not checked at start-up, will be on first use: %s", exc)
 
-    async def ensure(self) -> None:
-        """Check Redis once before the first use (fencing it if it is behind)."""
-        if self.known is None:
-            await self.recover()
+    async def check_layout(self) -> None:
+        """Record the partition count, or refuse data laid out for another one."""
+        with redis_errors():
+            await self.redis.set(self.keys.layout, self.keys.partitions, nx=True)
+            stored = await self.redis.get(self.keys.layout)
+        if stored is not None and int(stored) != self.keys.partitions:
+            raise LayoutMismatch(
+                f"Redis holds tokend data in {stored!s} partitions under prefix "
+                f"{self.prefix!r}; TOKEND_REDIS_PARTITIONS is {self.keys.partitions}"
+            )
 
-    async def recover(self) -> None:
-        """Re-read the position and fence Redis if it is behind the known one.
+    async def ensure(self, part: int) -> None:
+        """Check a partition once before its first use (fencing it if it is behind)."""
+        if part not in self.known:
+            await self.recover(part)
+
+    async def recover(self, part: int) -> None:
+        """Re-read a partition's position and fence it if it is behind the known one.
 
         Called when a request saw a stale position. Safe to call from many requests and
         processes at once: one fence per loss.
         """
-        async with self._lock:
+        async with self._locks[part]:
             while True:
-                seen = await self._read()
-                known = max((p for p in (self.known, self._durable) if p is not None), default=None)
+                seen, confirmed = await self._read_confirmed(part)
+                candidates = (self.known.get(part), self._durable.get(part))
+                known = max((p for p in candidates if p is not None), default=None)
                 if seen is None and known is None:
                     # A fresh Redis (first start for this prefix): mark epoch 1.
                     with redis_errors():
-                        await self.redis.set(self.epoch_key, 1, nx=True)
+                        await self.check_layout()
+                        await self.redis.set(self.keys.partition(part).epoch, 1, nx=True)
                     continue
                 if seen is not None and not self.behind(seen, known):
-                    self.observe(seen)
+                    if confirmed:
+                        self.observe(part, seen)
+                    else:  # not on the replicas yet: check against what is known to be
+                        self.known.setdefault(part, known or Position(seen.epoch, 0))
                     return
-                if await self._run_fence(seen, known):
+                if await self._run_fence(part, seen, known):
                     return
 
-    async def _read(self) -> Position | None:
+    async def _read_confirmed(self, part: int) -> tuple[Position | None, bool]:
+        """A partition's position, and whether it counts as seen (see the class doc)."""
+        if self.replicated is not None:
+            return await self.replicated.position(self.keys.partition(part), self.clock())
+        return await self._read(part), True
+
+    async def _read(self, part: int) -> Position | None:
+        keys = self.keys.partition(part)
         with redis_errors():
-            epoch, gen = await self.redis.mget(self.epoch_key, self.gen_key)
+            epoch, gen = await self.redis.mget(keys.epoch, keys.gen)
         return parse_position(epoch, gen)
 
-    async def _run_fence(self, seen: Position | None, known: Position | None) -> bool:
+    async def _run_fence(self, part: int, seen: Position | None, known: Position | None) -> bool:
         assert known is not None
         reason = "redis_data_loss" if seen is None else "redis_rollback"
         now = self.clock()
         with redis_errors():
+            await self.check_layout()
             result = cast(
                 list[Any],
                 await self._fence(
-                    keys=[*self.keys.script_head(), self.keys.fence],
+                    keys=self.keys.partition(part).head,
                     args=[
                         "",
                         "",
@@ -244,6 +259,7 @@ class RedisFence:
                         now,
                         int(now) + self.deny_window,
                         reason,
+                        part,
                     ],
                 ),
             )
@@ -251,11 +267,12 @@ class RedisFence:
         if fencing.status != "fenced":
             return False  # another process changed the epoch first: look again
         fenced = Position(fencing.epoch, fencing.gen)
-        self.known = fenced
+        self.known[part] = fenced
         self.fences += 1
         log.warning(
-            "Redis %s (found %s, known %s): fenced as epoch %d; sessions and access "
-            "tokens from before now are refused",
+            "Redis partition %d %s (found %s, known %s): fenced as epoch %d; its sessions "
+            "and access tokens from before now are refused",
+            part,
             "lost its data" if seen is None else "was rolled back",
             seen,
             known,
@@ -271,12 +288,29 @@ class RedisFence:
     # the background task
 
     async def checkpoint(self) -> None:
-        """Raise the SQL mark to the known position (and learn a higher one from it)."""
-        if self.positions is None or self.known is None:
+        """Raise the SQL marks to the known positions (and learn higher ones from them)."""
+        if self.positions is None:
             return
-        if self._durable is not None and self._durable >= self.known:
-            return
-        self._durable = await self.positions.raise_to(self.prefix, self.known, self.clock())
+        for part, known in list(self.known.items()):
+            durable = self._durable.get(part)
+            if durable is not None and durable >= known:
+                continue
+            self._durable[part] = await self.positions.raise_to(
+                self._store_key(part), known, self.clock()
+            )
+
+    async def _look(self) -> dict[int, tuple[Position | None, bool]]:
+        """Every partition's position now, and whether it counts as seen: as read (no
+        replicas to wait for), else as confirmed on the replicas."""
+        if self.replicated is not None:
+            now = self.clock()
+            return {p.index: await self.replicated.position(p, now) for p in self.keys.all}
+        with redis_errors():
+            async with self.redis.pipeline(transaction=False) as pipe:
+                for part in self.keys.all:
+                    pipe.mget(part.epoch, part.gen)
+                rows = await pipe.execute()
+        return {i: (parse_position(*row), True) for i, row in enumerate(rows)}
 
     async def run(self) -> None:
         """Check Redis every ``check_interval`` and checkpoint every ``checkpoint_interval``."""
@@ -285,17 +319,18 @@ class RedisFence:
         while True:
             await asyncio.sleep(self.check_interval)
             try:
-                seen = await self._read()
-                if self.known is None or self.behind(seen, self.known):
-                    await self.recover()
-                elif seen is not None:
-                    self.observe(seen)
+                for part, (seen, confirmed) in (await self._look()).items():
+                    if self.behind(seen, self.known.get(part)) or part not in self.known:
+                        await self.recover(part)
+                    elif seen is not None and confirmed:
+                        self.observe(part, seen)
                 if loop.time() - last_checkpoint >= self.checkpoint_interval:
                     await self.checkpoint()
                     if self.positions is not None:
-                        durable = await self.positions.load(self.prefix)
-                        if durable is not None:
-                            self._durable = durable
+                        for part in range(self.keys.partitions):
+                            durable = await self.positions.load(self._store_key(part))
+                            if durable is not None:
+                                self._durable[part] = durable
                     last_checkpoint = loop.time()
             except asyncio.CancelledError:
                 raise
@@ -304,40 +339,40 @@ class RedisFence:
 
 
 async def run_checked(
-    fence: RedisFence | None, run: Callable[[tuple[str, str]], Awaitable[Any]]
+    fence: RedisFence | None, part: int, run: Callable[[tuple[str, str]], Awaitable[Any]]
 ) -> list[Any]:
-    """Run a script given the known position (``run(argv)``) that answers ``['stale']``
-    when Redis is behind it: recover (fence) and run it once more."""
+    """Run a script of partition ``part`` given its known position (``run(argv)``) that
+    answers ``['stale']`` when Redis is behind it: recover (fence) and run it once more."""
     if fence is not None:
-        await fence.ensure()
+        await fence.ensure(part)
     for _ in range(2):
         with redis_errors():
-            result: list[Any] = await run(fence.argv() if fence is not None else ("", ""))
+            result: list[Any] = await run(fence.argv(part) if fence is not None else ("", ""))
         if fence is None or result[0] != "stale":
             return result  # (without a fence, ``run`` may also be queued on a pipeline)
-        await fence.recover()
+        await fence.recover(part)
     raise Unavailable("session store is recovering from a Redis restart")
 
 
 async def read_checked(
-    fence: RedisFence | None, read: Callable[[], Awaitable[list[Any]]]
+    fence: RedisFence | None, part: int, read: Callable[[], Awaitable[list[Any]]]
 ) -> list[Any]:
-    """Run a read whose last two values are ``P:epoch`` and ``P:gen``; when they show Redis
-    behind the known position, recover (fence) and read again."""
+    """Run a read whose last two values are the partition's epoch and gen; when they show
+    Redis behind the known position, recover (fence) and read again."""
     if fence is not None:
-        await fence.ensure()
+        await fence.ensure(part)
     for _ in range(2):
         # The known position as of sending: Redis answers at or past it unless it fell
         # behind (a reply processed meanwhile may raise ``known`` past this answer).
-        known = fence.known if fence is not None else None
+        known = fence.known.get(part) if fence is not None else None
         with redis_errors():
             values = await read()
         seen = parse_position(values[-2], values[-1])
         if fence is None:
             return values
         if not fence.behind(seen, known):
-            if seen is not None:
-                fence.observe(seen)
+            if seen is not None and fence.trusts_every_write:
+                fence.observe(part, seen)
             return values
-        await fence.recover()  # what was read may be lost data: read again
+        await fence.recover(part)  # what was read may be lost data: read again
     raise Unavailable("session store is recovering from a Redis restart")

@@ -1,40 +1,42 @@
 """Every Redis key and channel name tokend uses, built in one place.
 
-``P`` is the prefix (``TOKEND_REDIS_PREFIX``); one session's keys share the ``{sid}``
-hash slot.
+``P`` is the prefix (``TOKEND_REDIS_PREFIX``). The data is split into partitions
+(``TOKEND_REDIS_PARTITIONS``, fixed when a deployment is created; ``P:partitions``
+records it): a user lives in partition ``crc32(uid) % n``, and every key of the user
+and of the partition's event log shares the partition's hash tag ``T``
+(tokend_client/_keys.py), so every script runs in one Redis Cluster slot and a user's
+logout-all stays one atomic script.
 
-    P:s:{sid}      session hash (see service/sessions.py for its fields)
-    P:ds:{sid}     the session's access tokens are denied
-    P:u:<uid>      zset of the user's sids scored by absolute deadline
-    P:du:<uid>     the user's revocation mark "<at>[ <kept sid>]"
-    P:dj:<jti>     this access token is denied
-    P:exp:<n>      expiry index shard n (of EXPIRY_SHARDS): zset of "sid:uid" by deadline
-    P:events       stream of revocation events;  P:revocations  channel of the same
-    P:epoch, P:gen, P:fence   the data's position and the last fence (service/fence.py)
+    P:{T}:s:<sid>     session hash (see service/sessions.py for its fields)
+    P:{T}:ds:<sid>    the session's access tokens are denied
+    P:{T}:u:<uid>     zset of the user's sids scored by absolute deadline
+    P:{T}:du:<uid>    the user's revocation mark "<at>[ <kept sid>]"
+    P:{T}:dj:<jti>    this access token (of a user of the partition) is denied
+    P:{T}:exp         the partition's expiry index: zset of "sid:uid" by deadline
+    P:{T}:events      stream of the partition's revocation events; a pub/sub channel of
+                      the same name wakes subscribers up
+    P:{T}:epoch, P:{T}:gen, P:{T}:fence   the partition's position and last fence
+    P:partitions      the partition count
     P:<name>:u:<digest>, P:<name>:ip:<ip>, P:<name>:<digest>   limiter counters
     P:oidc:state|code|ticket|link:<sha256>   social-login flow records
     P:oidc:starts:<digest>   social-login flow starts per IP
     P:workers:heartbeat      hash: host:pid → last beat
 
-The subscriber library builds the names it reads (events, channel, epoch, gen, fence)
-in ``tokend_client/_keys.py``; a test checks that both agree.
+The subscriber library builds the names it reads (the layout, and per partition the
+stream, epoch and gen) with the same functions (tokend_client/_keys.py).
 
-Every script receives the keys it touches through ``KEYS``; ``script_head`` is the part
-every script of service/lua/ starts its KEYS with (see common.lua).
+Every script receives the keys it touches through ``KEYS``; ``Partition.head`` is the
+part every script of service/lua/ starts its KEYS with (see common.lua).
 """
 
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
-# The expiry index is sharded so no single sorted set is hot.
-EXPIRY_SHARDS = 16
+from tokend_client._keys import PartitionKeys, partition_of, partition_tags
 
-
-def expiry_shard(sid: str) -> int:
-    """The expiry shard of a session: the sum of its id's bytes modulo EXPIRY_SHARDS."""
-    return sum(sid.encode()) % EXPIRY_SHARDS
+DEFAULT_PARTITIONS = 16
 
 
 def _digest(text: str, size: int = 64) -> str:
@@ -43,58 +45,61 @@ def _digest(text: str, size: int = 64) -> str:
 
 
 @dataclass(frozen=True)
+class Partition(PartitionKeys):
+    """The keys of one partition: its users' sessions and its event log."""
+
+    def session(self, sid: str) -> str:
+        return self.key(f"s:{sid}")
+
+    def deny_session(self, sid: str) -> str:
+        return self.key(f"ds:{sid}")
+
+    def user_index(self, uid: str) -> str:
+        return self.key(f"u:{uid}")
+
+    def user_mark(self, uid: str) -> str:
+        return self.key(f"du:{uid}")
+
+    def deny_token(self, jti: str) -> str:
+        return self.key(f"dj:{jti}")
+
+    @property
+    def expiry(self) -> str:
+        return self.key("exp")
+
+    @property
+    def head(self) -> list[str]:
+        """The first KEYS of every tokend script: epoch, gen, events stream, fence."""
+        return [self.epoch, self.gen, self.events, self.fence]
+
+
+@dataclass(frozen=True)
 class Keyspace:
     """The key and channel names under one prefix."""
 
     prefix: str
+    partitions: int = DEFAULT_PARTITIONS
+    _parts: tuple[Partition, ...] = field(init=False, repr=False, compare=False)
 
-    # sessions
-    def session(self, sid: str) -> str:
-        return f"{self.prefix}:s:{{{sid}}}"
+    def __post_init__(self) -> None:
+        tags = partition_tags(self.partitions)
+        parts = tuple(Partition(self.prefix, i, tag) for i, tag in enumerate(tags))
+        object.__setattr__(self, "_parts", parts)
 
-    def deny_session(self, sid: str) -> str:
-        return f"{self.prefix}:ds:{{{sid}}}"
+    def of(self, uid: str) -> Partition:
+        """The partition user ``uid`` lives in."""
+        return self._parts[partition_of(uid, self.partitions)]
 
-    def user_index(self, uid: str) -> str:
-        return f"{self.prefix}:u:{uid}"
-
-    def user_mark(self, uid: str) -> str:
-        return f"{self.prefix}:du:{uid}"
-
-    def deny_token(self, jti: str) -> str:
-        return f"{self.prefix}:dj:{jti}"
-
-    def expiry(self, shard: int) -> str:
-        return f"{self.prefix}:exp:{shard}"
-
-    def expiry_of(self, sid: str) -> str:
-        """The expiry shard key a session is indexed in."""
-        return self.expiry(expiry_shard(sid))
-
-    # events and position
-    @property
-    def events(self) -> str:
-        return f"{self.prefix}:events"
+    def partition(self, index: int) -> Partition:
+        return self._parts[index]
 
     @property
-    def channel(self) -> str:
-        return f"{self.prefix}:revocations"
+    def all(self) -> tuple[Partition, ...]:
+        return self._parts
 
     @property
-    def epoch(self) -> str:
-        return f"{self.prefix}:epoch"
-
-    @property
-    def gen(self) -> str:
-        return f"{self.prefix}:gen"
-
-    @property
-    def fence(self) -> str:
-        return f"{self.prefix}:fence"
-
-    def script_head(self) -> list[str]:
-        """The first KEYS of every tokend script: epoch, gen, events stream, channel."""
-        return [self.epoch, self.gen, self.events, self.channel]
+    def layout(self) -> str:
+        return f"{self.prefix}:partitions"
 
     # limiters (service/ratelimit.py; social-login starts count as "oidc:starts")
     def limit_user(self, name: str, username: str) -> str:

@@ -357,7 +357,7 @@ class SocialLogin:
         record = json.loads(raw)
         if record["provider"] != name:
             raise SocialLoginFailed("the link ticket belongs to another provider")
-        if await self.auth.sessions.get(record["sid"]) is None:
+        if await self.auth.sessions.get(record["user"], record["sid"]) is None:
             raise SocialLoginFailed("the session that asked for this link has ended")
         return await self.begin(
             name,

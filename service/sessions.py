@@ -1,12 +1,13 @@
 """Sessions and refresh-token state in Redis, changed only by atomic Lua scripts.
 
-Key names come from service/keyspace.py. The session hash ``P:s:{sid}`` holds uid, cid,
+Key names come from service/keyspace.py: a session lives in its user's partition ``T``.
+The session hash ``P:{T}:s:<sid>`` holds uid, cid,
 scope, created, last, plast, idle, abs, cur, prev, ua, ip, ep, auth (TTL follows the idle
 deadline). ``auth`` is when the credentials were checked, on Redis's clock
 (``server_time``). The current refresh token was issued at ``last`` and expires at
 ``idle``; ``prev`` is honoured until last + grace. The user agent and IP are cut to 64
 bytes (http/request.py) so that, with a usual scope, Redis keeps the hash as a compact
-listpack. A user's revocation mark ``P:du:<uid>`` is "<at>[ <kept sid>]": every session
+listpack. A user's revocation mark ``P:{T}:du:<uid>`` is "<at>[ <kept sid>]": every session
 of the user authenticated at or before ``at`` (Redis's clock) is revoked but the kept
 one; checked by every script that uses a session and by the deny check (``auth_time`` of
 access tokens).
@@ -25,18 +26,21 @@ from importlib import resources
 from typing import Any, cast
 
 import redis.asyncio as aioredis
+from redis.asyncio.cluster import RedisCluster
+from redis.commands.core import AsyncScript
 
 from . import replies
 from .errors import Unavailable
-from .fence import Position, RedisFence, read_checked, run_checked
-from .keyspace import EXPIRY_SHARDS, Keyspace
+from .fence import RedisFence, read_checked, run_checked
+from .keyspace import DEFAULT_PARTITIONS, Keyspace
+from .positions import Position
 from .redisbatch import AutoPipeline
 from .redisconn import redis_errors
+from .replicated import ReplicatedWrites
 from .replies import Reported, Rotation
 from .settings import Settings
 
 __all__ = [
-    "EXPIRY_SHARDS",
     "Created",
     "Rotation",
     "SessionGrant",
@@ -109,9 +113,13 @@ class SessionStore:
         grace: int,
         max_sessions: int = 0,
         fence: RedisFence | None = None,
+        partitions: int = DEFAULT_PARTITIONS,
+        replicated: ReplicatedWrites | None = None,
     ) -> None:
         self.redis = redis
         self.fence = fence
+        self.replicated = replicated
+        self.clustered = isinstance(redis, RedisCluster)
         self.prefix = prefix
         self.access_ttl = access_ttl
         self.leeway = leeway
@@ -119,10 +127,9 @@ class SessionStore:
         self.absolute_ttl = absolute_ttl
         self.grace = grace
         self.max_sessions = max_sessions
-        self.keys = Keyspace(prefix)
-        # The KEYS every script starts with (lua/common.lua); ARGV starts with the known
-        # position and the retention.
-        self._head = self.keys.script_head()
+        self.keys = Keyspace(prefix, partitions)
+        # Every script's KEYS start with its partition's head (lua/common.lua); ARGV with
+        # the partition's known position and the retention.
         # The stream keeps every revocation that can still matter, plus a margin.
         self.retention = access_ttl + leeway + 300
         self._create = redis.register_script(_script("create"))
@@ -138,7 +145,11 @@ class SessionStore:
 
     @classmethod
     def from_settings(
-        cls, redis: aioredis.Redis, settings: Settings, fence: RedisFence | None = None
+        cls,
+        redis: aioredis.Redis,
+        settings: Settings,
+        fence: RedisFence | None = None,
+        replicated: ReplicatedWrites | None = None,
     ) -> SessionStore:
         """The store with the lifetimes and prefix of ``settings``."""
         return cls(
@@ -151,14 +162,35 @@ class SessionStore:
             grace=settings.refresh_reuse_grace,
             max_sessions=settings.max_sessions_per_user,
             fence=fence,
+            partitions=settings.redis_partitions,
+            replicated=replicated or (fence.replicated if fence is not None else None),
         )
 
     async def server_time(self) -> float:
         """Redis's clock, to the microsecond: the one clock that session authentication
-        times and user revocation marks are compared on, whichever process asks."""
+        times and user revocation marks are compared on, whichever process asks.
+
+        On a cluster, the earliest of the primaries' clocks: a mark is taken on the
+        user's primary (not known before the user row is read), and a revocation after
+        this moment must get a later mark than this time on every primary's clock."""
         with redis_errors():
-            seconds, micros = await self.redis.time()
+            if self.clustered:
+                times = cast(
+                    dict[Any, tuple[int, int]],
+                    await self.redis.execute_command(  # type: ignore[no-untyped-call]
+                        "TIME", target_nodes=RedisCluster.PRIMARIES
+                    ),
+                )
+                seconds, micros = min(times.values())
+            else:
+                seconds, micros = await self.redis.time()
         return round(int(seconds) + int(micros) / 1e6, 6)
+
+    async def _durable(self, script: AsyncScript, keys: list[str], args: list[Any]) -> Any:
+        """Run a write that must be on the replicas before it is answered."""
+        if self.replicated is None:
+            return await script(keys=keys, args=args)
+        return await self.replicated.script(script, keys, args)
 
     def deny_until(self, now: float) -> int:
         """The last moment an access token issued up to ``now`` can still be accepted."""
@@ -183,26 +215,26 @@ class SessionStore:
         iat = int(now)
         absolute = iat + self.absolute_ttl
         idle = min(iat + self.idle_ttl, absolute)
-        k = self.keys
-        own = [k.session(sid), k.user_index(uid), k.user_mark(uid), k.expiry_of(sid)]
+        p = self.keys.of(uid)
+        own = [p.session(sid), p.user_index(uid), p.user_mark(uid), p.expiry]
         args: list[Any] = [sid, uid, client_id, scope, now, idle, absolute, jti, user_agent, ip]
         args += [f"{checked_at:.6f}", self.max_sessions, self.deny_until(now)]
         victims: list[str] = []
         for _ in range(CAP_ATTEMPTS):
-            keys = [*self._head, *own]
+            keys = [*p.head, *own]
             for v in victims:
-                keys += [k.session(v), k.deny_session(v), k.expiry_of(v)]
+                keys += [p.session(v), p.deny_session(v), p.expiry]
             argv = [*args, *victims]
 
             def run(known: tuple[str, str], keys: list[str] = keys, argv: list[Any] = argv) -> Any:
-                return self._create(keys=keys, args=[*known, self.retention, *argv])
+                return self._durable(self._create, keys, [*known, self.retention, *argv])
 
-            result = await run_checked(self.fence, run)
+            result = await run_checked(self.fence, p.index, run)
             reply = replies.created(result)
             if reply.status == "revoked":
                 return Created(refused=True)
             if reply.status == "ok":
-                self._observe(reply.reported)
+                self._observe(p.index, reply.reported, replicated=True)
                 return Created(False, iat, idle, reply.evicted)
             victims = await self._cap_candidates(uid)
         raise Unavailable("too many concurrent logins of one user past the session cap")
@@ -211,7 +243,8 @@ class SessionStore:
         """The user's sessions a login past the cap may end: the whole index (create.lua
         reads their last use and ends the least recently used)."""
         with redis_errors():
-            return cast(list[str], await self.redis.zrange(self.keys.user_index(uid), 0, -1))
+            index = self.keys.of(uid).user_index(uid)
+            return cast(list[str], await self.redis.zrange(index, 0, -1))
 
     async def rotate(
         self,
@@ -228,53 +261,48 @@ class SessionStore:
         """Atomically rotate, replay within grace, or detect reuse (see rotate.lua).
         ``uid`` is the user the refresh token names; ``scope``, when given, must stay
         within the session's grant, else the status is ``scope`` and nothing changes."""
-        k = self.keys
+        p = self.keys.of(uid)
         keys = [
-            *self._head,
-            k.session(sid),
-            k.user_mark(uid),
-            k.user_index(uid),
-            k.expiry_of(sid),
-            k.deny_session(sid),
+            *p.head,
+            p.session(sid),
+            p.user_mark(uid),
+            p.user_index(uid),
+            p.expiry,
+            p.deny_session(sid),
         ]
         args: list[Any] = [sid, jti, now, new_jti, self.idle_ttl, self.grace, self.deny_until(now)]
         args += [user_agent, ip, uid, "0" if scope is None else "1", scope or ""]
         result = await run_checked(
             self.fence,
+            p.index,
             lambda known: self._batch.script(self._rotate, keys, [*known, self.retention, *args]),
         )
         rotation, position = replies.rotation(result)
-        self._observe(position)
+        self._observe(p.index, position, replicated=False)
         return rotation
 
-    def _observe(self, reported: Reported | None) -> None:
-        """Note the position a script reported for its write (None: it wrote nothing)."""
-        if reported is None:
+    def _observe(self, part: int, reported: Reported | None, *, replicated: bool) -> None:
+        """Note the position a script reported for its write (None: it wrote nothing):
+        a write that did not wait for the replicas counts only when there are none."""
+        if reported is None or self.fence is None:
             return
         gen, epoch = reported
-        if self.fence is not None and epoch:
-            self.fence.observe(Position(int(epoch), int(gen)))
+        if epoch and (replicated or self.fence.trusts_every_write):
+            self.fence.observe(part, Position(int(epoch), int(gen)))
 
-    def _written(self, result: list[Any]) -> int:
+    def _written(self, part: int, result: list[Any]) -> int:
         """The count of a revocation script's reply, noting the position it reports."""
         revocation = replies.revocation(result)
-        self._observe(revocation.reported)
+        self._observe(part, revocation.reported, replicated=True)
         return revocation.count
 
     async def revoke(
-        self, *, sid: str, now: float, reason: str, owner: str = "", force: bool = False
+        self, *, sid: str, now: float, reason: str, owner: str, force: bool = False
     ) -> bool:
-        """Revoke one session (only ``owner``'s when given); True when something was revoked."""
+        """Revoke one of ``owner``'s sessions; True when something was revoked."""
         uid = owner
-        if not uid:
-            # The script needs the index of the session's user among its KEYS.
-            with redis_errors():
-                uid = cast(str | None, await self.redis.hget(self.keys.session(sid), "uid")) or ""
-            if not uid:
-                return False
-        k = self.keys
-        keys = [*self._head, k.session(sid), k.deny_session(sid), k.user_index(uid)]
-        keys.append(k.expiry_of(sid))
+        p = self.keys.of(uid)
+        keys = [*p.head, p.session(sid), p.deny_session(sid), p.user_index(uid), p.expiry]
         args: list[Any] = [
             sid,
             uid,
@@ -286,44 +314,48 @@ class SessionStore:
         ]
         result = await run_checked(
             self.fence,
-            lambda known: self._revoke(keys=keys, args=[*known, self.retention, *args]),
+            p.index,
+            lambda known: self._durable(self._revoke, keys, [*known, self.retention, *args]),
         )
-        return bool(self._written(result))
+        return bool(self._written(p.index, result))
 
     async def revoke_user(self, *, uid: str, now: float, reason: str, keep_sid: str = "") -> int:
         """Revoke all of a user's sessions, or all but ``keep_sid``, in O(1) (one mark,
         one ``user.revoked`` event); how many sessions were live."""
-        k = self.keys
-        kept = k.session(keep_sid) if keep_sid else k.user_index(uid)
-        keys = [*self._head, k.user_index(uid), k.user_mark(uid), kept]
+        p = self.keys.of(uid)
+        kept = p.session(keep_sid) if keep_sid else p.user_index(uid)
+        keys = [*p.head, p.user_index(uid), p.user_mark(uid), kept]
         args: list[Any] = [uid, reason, self.deny_until(now), keep_sid]
         result = await run_checked(
             self.fence,
-            lambda known: self._revoke_user(keys=keys, args=[*known, self.retention, *args]),
+            p.index,
+            lambda known: self._durable(self._revoke_user, keys, [*known, self.retention, *args]),
         )
-        return self._written(result)
+        return self._written(p.index, result)
 
     async def revoke_access_token(
         self, *, jti: str, sub: str, sid: str, exp: float, now: float, reason: str
     ) -> bool:
         """Deny one access token until its expiry; True on the first revocation."""
-        keys = [*self._head, self.keys.deny_token(jti)]
+        p = self.keys.of(sub)
+        keys = [*p.head, p.deny_token(jti)]
         args: list[Any] = [jti, sub, sid, reason, now, int(exp) + self.leeway + 1]
         result = await run_checked(
             self.fence,
-            lambda known: self._revoke_token(keys=keys, args=[*known, self.retention, *args]),
+            p.index,
+            lambda known: self._durable(self._revoke_token, keys, [*known, self.retention, *args]),
         )
-        return bool(self._written(result))
+        return bool(self._written(p.index, result))
 
-    async def sweep_expired(self, *, shard: int, now: float, batch: int) -> int:
-        """End up to ``batch`` due sessions of one expiry shard; how many ended.
+    async def sweep_expired(self, *, partition: int, now: float, batch: int) -> int:
+        """End up to ``batch`` due sessions of one partition; how many ended.
 
         The due members are read first; expire.lua then judges each again, atomically
         for the whole batch, so a member another sweep took meanwhile is skipped and each
         session.expired is published once.
         """
-        k = self.keys
-        shard_key = k.expiry(shard)
+        p = self.keys.partition(partition)
+        shard_key = p.expiry
         with redis_errors():
             due = cast(
                 list[str],
@@ -331,18 +363,18 @@ class SessionStore:
             )
             if not due:
                 return 0
-            keys = [*self._head, shard_key]
+            keys = [*p.head, shard_key]
             for member in due:
                 sid, _, uid = member.partition(":")
-                keys += [k.session(sid), k.user_index(uid), k.user_mark(uid)]
+                keys += [p.session(sid), p.user_index(uid), p.user_mark(uid)]
             n = await self._expire(keys=keys, args=["", "", self.retention, now, *due])
         return replies.expired(n)
 
     async def publish(self, event: dict[str, Any]) -> str:
-        """Append an event with no state change (key.rotated) to the stream and channel."""
+        """Append an event with no state change (key.rotated) to partition 0's stream."""
         with redis_errors():
             entry_id = await self._emit(
-                keys=self._head, args=["", "", self.retention, json.dumps(event)]
+                keys=self.keys.partition(0).head, args=["", "", self.retention, json.dumps(event)]
             )
         return replies.emitted(entry_id)
 
@@ -352,16 +384,18 @@ class SessionStore:
         """Whether an access token is revoked: its session, its user's revocation mark
         (sessions authenticated at or before it, by ``auth_time``; tokens without one by
         ``iat``), itself, or a fence after Redis lost data."""
+        p = self.keys.of(uid)
         ds, du, dj, fenced, _, _ = await read_checked(
             self.fence,
+            p.index,
             lambda: self._batch.execute(
                 "MGET",
-                self.keys.deny_session(sid),
-                self.keys.user_mark(uid),
-                self.keys.deny_token(jti),
-                self.keys.fence,
-                self.keys.epoch,
-                self.keys.gen,
+                p.deny_session(sid),
+                p.user_mark(uid),
+                p.deny_token(jti),
+                p.fence,
+                p.epoch,
+                p.gen,
             ),
         )
         if ds is not None or dj is not None:
@@ -381,32 +415,27 @@ class SessionStore:
         # A token without auth_time from the user revocation's own second: issued before
         # it, unless its session was authenticated after the mark.
         with redis_errors():
-            auth, created = await self.redis.hmget(self.keys.session(sid), ["auth", "created"])
+            auth, created = await self.redis.hmget(p.session(sid), ["auth", "created"])
         return self._under_mark(sid, cast(str | None, auth or created), du)
 
-    async def get(self, sid: str) -> SessionInfo | None:
-        """One session's public state, or None when it has ended."""
+    async def get(self, uid: str, sid: str) -> SessionInfo | None:
+        """One of ``uid``'s sessions' public state, or None when it has ended."""
         with redis_errors():
-            fields = cast(dict[str, str], await self.redis.hgetall(self.keys.session(sid)))
+            key = self.keys.of(uid).session(sid)
+            fields = cast(dict[str, str], await self.redis.hgetall(key))
         return _info(sid, fields) if fields else None
 
-    async def live_grant(
-        self, *, sid: str, jti: str, now: float, uid: str | None = None
-    ) -> SessionGrant | None:
+    async def live_grant(self, *, sid: str, jti: str, now: float, uid: str) -> SessionGrant | None:
         """The session's grant while ``jti`` may still refresh it, else None (read-only).
 
         rotate.lua's rule itself (peek.lua shares it through common.lua), read without
-        writing. ``uid``: the user the token names (read from the session when not
-        given). Used by introspection and by the token endpoint to refuse a widened scope
+        writing. ``uid``: the user the token names. Used by introspection and by the token endpoint to refuse a widened scope
         before rotating.
         """
+        p = self.keys.of(uid)
         with redis_errors():
-            if uid is None:
-                uid = cast(str | None, await self.redis.hget(self.keys.session(sid), "uid"))
-                if uid is None:
-                    return None
             result = await self._peek(
-                keys=[*self._head, self.keys.session(sid), self.keys.user_mark(uid)],
+                keys=[*p.head, p.session(sid), p.user_mark(uid)],
                 args=["", "", self.retention, sid, jti, now, self.grace, uid],
             )
         peek = replies.peek(result)
@@ -426,7 +455,8 @@ class SessionStore:
     ) -> tuple[list[SessionInfo], int | None]:
         """One page of the user's live sessions, newest first, and the offset of the next
         page (None on the last). Index entries of ended sessions are pruned."""
-        index = self.keys.user_index(uid)
+        p = self.keys.of(uid)
+        index = p.user_index(uid)
         with redis_errors():
             await self.redis.zremrangebyscore(index, "-inf", now)
             # The index is scored by absolute deadline: newest first is highest first.
@@ -437,12 +467,12 @@ class SessionStore:
             sids = sids[:limit]
             async with self.redis.pipeline(transaction=False) as pipe:
                 for sid in sids:
-                    pipe.hgetall(self.keys.session(sid))
+                    pipe.hgetall(p.session(sid))
                 rows: list[dict[str, str]] = await pipe.execute()
             gone = [sid for sid, row in zip(sids, rows, strict=True) if not row]
             if gone:
                 await self.redis.zrem(index, *gone)
-            epoch_raw, mark = await self.redis.mget(self.keys.epoch, self.keys.user_mark(uid))
+            epoch_raw, mark = await self.redis.mget(p.epoch, p.user_mark(uid))
         epoch = int(epoch_raw or 0)
         infos = [
             _info(sid, row)

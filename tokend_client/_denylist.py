@@ -11,6 +11,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+from ._keys import partition_of
+
 __all__ = ["DenyList"]
 
 
@@ -24,11 +26,14 @@ class DenyList:
         self.sids: dict[str, float] = {}  # sid → until
         self.jtis: dict[str, float] = {}  # jti → until
         self.subs: dict[str, tuple[float, float, str]] = {}  # sub → (at, until, kept sid)
-        #: (at, until) of the last ``all.revoked``: tokend fenced a Redis that lost data.
-        self.everything: tuple[float, float] | None = None
+        #: (at, until) of the last ``all.revoked`` of each partition (None: of all):
+        #: tokend fenced a Redis partition that lost data.
+        self.fenced: dict[int | None, tuple[float, float]] = {}
+        #: The deployment's partition count (the listener sets it from tokend's Redis).
+        self.partitions = 1
 
     def __len__(self) -> int:
-        return len(self.sids) + len(self.subs) + len(self.jtis) + (self.everything is not None)
+        return len(self.sids) + len(self.subs) + len(self.jtis) + len(self.fenced)
 
     def add(self, kind: str, event: dict[str, Any], at: float, until: float) -> None:
         """Record what an event denies; entries only ever grow (idempotent, order-free)."""
@@ -51,8 +56,10 @@ class DenyList:
                 keep if at >= old_at else old_keep,
             )
         elif kind == "all.revoked":
-            old_at, old_until = self.everything or (at, until)
-            self.everything = (max(at, old_at), max(until, old_until))
+            part = event.get("partition")
+            key = part if isinstance(part, int) and not isinstance(part, bool) else None
+            old_at, old_until = self.fenced.get(key, (at, until))
+            self.fenced[key] = (max(at, old_at), max(until, old_until))
         # session.expired and key.rotated deny nothing.
 
     def is_revoked(self, claims: dict[str, Any]) -> bool:
@@ -60,12 +67,8 @@ class DenyList:
         now = self._clock()
         sid, jti, sub = claims.get("sid"), claims.get("jti"), claims.get("sub")
         iat = claims.get("iat")
-        if self.everything is not None:
-            at, until = self.everything
-            if until + self.margin < now:
-                self.everything = None
-            elif isinstance(iat, int | float) and iat <= at:
-                return True
+        if self.fenced and self._fenced(sub, iat, now):
+            return True
         if isinstance(sid, str) and self._live(self.sids, sid, now):
             return True
         if isinstance(jti, str) and self._live(self.jtis, jti, now):
@@ -86,6 +89,22 @@ class DenyList:
             if isinstance(auth_time, int | float) and not isinstance(auth_time, bool):
                 return auth_time <= at
             return isinstance(iat, int | float) and not isinstance(iat, bool) and iat <= at
+        return False
+
+    def _fenced(self, sub: Any, iat: Any, now: float) -> bool:
+        """Whether a token was issued before a fence of every partition or of its user's."""
+        keys: list[int | None] = [None]
+        if isinstance(sub, str):
+            keys.append(partition_of(sub, self.partitions))
+        for key in keys:
+            fence = self.fenced.get(key)
+            if fence is None:
+                continue
+            at, until = fence
+            if until + self.margin < now:
+                del self.fenced[key]
+            elif isinstance(iat, int | float) and iat <= at:
+                return True
         return False
 
     def _live(self, table: dict[str, float], key: str, now: float) -> bool:
@@ -109,7 +128,7 @@ class DenyList:
         gone = [key for key, (_, until, _) in self.subs.items() if until < cutoff]
         for key in gone:
             del self.subs[key]
-        if self.everything is not None and self.everything[1] < cutoff:
-            self.everything = None
+        for part in [k for k, (_, until) in self.fenced.items() if until < cutoff]:
+            del self.fenced[part]
             dropped += 1
         return dropped + len(gone)

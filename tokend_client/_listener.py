@@ -1,21 +1,24 @@
 """Following tokend's revocation events into an in-memory deny list.
 
-tokend writes every revocation to the stream ``<prefix>:events`` and publishes it on
-the channel ``<prefix>:revocations`` in one atomic step. Pub/sub alone is
-at-most-once, so the listener's one background task does, on every (re)connect:
+tokend's data is split into partitions (``<prefix>:partitions`` says how many; see
+tokend_client/_keys.py). tokend writes every revocation to its user's partition's
+stream ``<prefix>:{T}:events`` and publishes a wake-up on the pub/sub channel of the
+same name in one atomic step (classic pub/sub: on a Redis Cluster every node carries
+every channel). Pub/sub alone is at-most-once, so the listener's one background task
+does, on every (re)connect:
 
-1. SUBSCRIBE to the channel and wait for the confirmation, so nothing published
-   from now on can be missed;
-2. XRANGE the stream from the last applied entry id (exclusive; ``-`` at first
-   start), which holds everything published before the subscription took effect;
-3. take every channel message as a wake-up only: read the stream after the last
-   applied entry again (one XRANGE for all the messages that arrived meanwhile).
+1. read the partition count, SUBSCRIBE to every partition's channel and wait for the
+   confirmations, so nothing published from now on can be missed;
+2. XRANGE each partition's stream from its last applied entry id (exclusive; ``-`` at
+   first start), which holds everything published before the subscription took effect;
+3. take every channel message as a wake-up only: read that partition's stream after
+   its last applied entry again (one XRANGE for all the messages that arrived meanwhile).
 
-Ids, events and the position in the stream come from the stream alone, never from a
-message's payload: anyone who may PUBLISH on the channel can wake the listener up but
+Ids, events and the positions in the streams come from the streams alone, never from a
+message's payload: anyone who may PUBLISH on a channel can wake the listener up but
 cannot move its position past real events or put entries into its deny list.
 
-Between 1 and 2 it compares tokend's Redis position with the one seen before
+Between 1 and 2 it compares each partition's position with the one seen before
 (``_position.py``): a Redis without tokend's epoch marker (not marked yet, or it lost
 its data) or behind a position seen before is not trusted until tokend has marked or
 fenced it, and the deny list is never cleared (entries from before a Redis restart
@@ -45,9 +48,10 @@ from redis.exceptions import RedisError
 
 from ._denylist import DenyList
 from ._events import EVENTS, problem
-from ._keys import ClientKeys
+from ._keys import PartitionKeys
 from ._listener_metrics import make_metrics
 from ._position import PositionWatch, RedisBehind
+from ._redis import RedisTarget
 from .tasks import stop_tasks
 
 __all__ = ["RevocationListener"]
@@ -86,7 +90,7 @@ class RevocationListener:
 
     def __init__(
         self,
-        redis_url: str,
+        redis: str | RedisTarget,
         *,
         prefix: str = "tokend",
         clock: Clock = time.time,
@@ -98,11 +102,9 @@ class RevocationListener:
         prune_interval: float = 30.0,
         ping_interval: float = 5.0,
     ) -> None:
-        self.redis_url = redis_url
+        #: Where tokend's Redis is: a URL (one server) or a RedisTarget (any mode).
+        self.target = redis if isinstance(redis, RedisTarget) else RedisTarget(url=redis)
         self.prefix = prefix
-        keys = ClientKeys(prefix)
-        self.channel = keys.channel
-        self.stream = keys.events
         self.on_event = on_event
         self.backoff_initial = backoff_initial
         self.backoff_max = backoff_max
@@ -111,7 +113,8 @@ class RevocationListener:
         self._clock = clock
         self._task: asyncio.Task[None] | None = None
         self._ready = asyncio.Event()
-        self._last_id: StreamId | None = None
+        self._last_id: dict[int, StreamId] = {}  # partition → last applied entry
+        self._last_applied: str | None = None
         self._last_at: float | None = None
         self._last_prune = clock()
         self._live = False
@@ -173,8 +176,13 @@ class RevocationListener:
 
     @property
     def last_id(self) -> str | None:
-        """The stream id of the last applied event."""
-        return None if self._last_id is None else f"{self._last_id[0]}-{self._last_id[1]}"
+        """The stream id of the last applied event (of whichever partition)."""
+        return self._last_applied
+
+    def _after(self, part: int) -> str:
+        """XRANGE's start: after the partition's last applied entry, or its beginning."""
+        last = self._last_id.get(part)
+        return "-" if last is None else f"({last[0]}-{last[1]}"
 
     @property
     def lag(self) -> float | None:
@@ -198,18 +206,20 @@ class RevocationListener:
         self._last_prune = self._clock()
         return self.deny_list.prune()
 
-    def _apply(self, entry_id: str, event: Any, source: str) -> None:
-        """Apply one event once; ``entry_id`` orders it in the stream."""
+    def _apply(self, part: int, entry_id: str, event: Any, source: str) -> None:
+        """Apply one event once; ``entry_id`` orders it in its partition's stream."""
         try:
             position = parse_stream_id(entry_id)
         except ValueError:
             self._invalid(entry_id, "bad id")
             return
-        if self._last_id is not None and position <= self._last_id:
+        last = self._last_id.get(part)
+        if last is not None and position <= last:
             self.skipped += 1
             self._metrics.skipped.inc()
             return
-        self._last_id = position
+        self._last_id[part] = position
+        self._last_applied = entry_id
         why = problem(event)
         if why is not None:
             self._invalid(entry_id, why)
@@ -256,93 +266,123 @@ class RevocationListener:
 
     async def _follow(self) -> None:
         """One connection's life: subscribe, replay, then apply live messages."""
-        client = aioredis.Redis.from_url(
-            self.redis_url,
-            decode_responses=True,
-            socket_connect_timeout=5,
-            socket_timeout=max(10.0, 2 * self.ping_interval),
-            socket_keepalive=True,
+        options: dict[str, Any] = {
+            "socket_connect_timeout": 5,
+            "socket_timeout": max(10.0, 2 * self.ping_interval),
+            "socket_keepalive": True,
             # No transparent reconnect: every reconnect must go through the replay.
-            retry=Retry(NoBackoff(), 0),
-            client_name=f"tokend-listener:{self.prefix}",
-        )
-        pubsub = client.pubsub()
+            "retry": Retry(NoBackoff(), 0),
+            "client_name": f"tokend-listener:{self.prefix}",
+        }
+        client = self.target.client(max_connections=4, **options)
+        subscriber: aioredis.Redis | None = None
+        pubsub: aioredis.client.PubSub | None = None
         try:
-            await pubsub.subscribe(self.channel)
-            await self._confirm_subscription(pubsub)
+            try:
+                parts = await self._position.layout(client)
+            except RedisBehind:
+                self._behind = True  # fail closed (not ready) until tokend has marked it
+                raise
+            self.deny_list.partitions = len(parts)
+            channels = {p.events: p.index for p in parts}
+            subscriber = await self.target.subscriber(**options)
+            pubsub = subscriber.pubsub()
+            await pubsub.subscribe(*channels)
+            await self._confirm_subscription(pubsub, len(channels))
             try:
                 await self._position.check(client)
             except RedisBehind:
                 self._behind = True  # fail closed (not ready) until tokend has fenced
                 raise
             self._behind = False
-            await self._check_reset(client)
-            await self._replay(client)
+            for part in parts:
+                await self._check_reset(client, part)
+            await self._replay(client, parts)
             self._live = True
             self._metrics.connected.set(1)
             self._ready.set()
-            await self._consume(pubsub, client)
+            await self._consume(pubsub, client, channels)
         finally:
-            with contextlib.suppress(Exception):
-                await pubsub.aclose()  # type: ignore[no-untyped-call]
-            with contextlib.suppress(Exception):
-                await client.aclose()
+            if pubsub is not None:
+                with contextlib.suppress(Exception):
+                    await pubsub.aclose()  # type: ignore[no-untyped-call]
+            for each in (subscriber, client):
+                if each is not None:
+                    with contextlib.suppress(Exception):
+                        await each.aclose()
 
-    async def _confirm_subscription(self, pubsub: aioredis.client.PubSub) -> None:
+    async def _confirm_subscription(self, pubsub: aioredis.client.PubSub, count: int) -> None:
+        confirmed = 0
         async with asyncio.timeout(max(5.0, self.ping_interval)):
-            while True:
+            while confirmed < count:
                 message = await pubsub.get_message(timeout=1.0)
                 if message is not None and message["type"] == "subscribe":
-                    return
+                    confirmed += 1
 
-    async def _check_reset(self, client: aioredis.Redis) -> None:
+    async def _check_reset(self, client: aioredis.Redis, part: PartitionKeys) -> None:
         # A stream that is empty or ends before our last id was recreated (a Redis
         # restart without persistence, a restore): its ids start afresh.
-        if self._last_id is None:
+        last = self._last_id.get(part.index)
+        if last is None:
             return
         top = cast(
             list[tuple[str, dict[str, str]]],
-            await client.xrevrange(self.stream, max="+", min="-", count=1),
+            await client.xrevrange(part.events, max="+", min="-", count=1),
         )
-        if not top or parse_stream_id(top[0][0]) < self._last_id:
-            log.warning("revocation stream %s was reset; replaying it whole", self.stream)
-            self._last_id = None
+        if not top or parse_stream_id(top[0][0]) < last:
+            log.warning("revocation stream %s was reset; replaying it whole", part.events)
+            del self._last_id[part.index]
 
-    async def _replay(self, client: aioredis.Redis) -> None:
-        """Apply every stream entry after the last applied one."""
-        await self._read_stream(client, "replay")
+    async def _replay(self, client: aioredis.Redis, parts: tuple[PartitionKeys, ...]) -> None:
+        """Apply every stream entry after the last applied one, of every partition."""
+        for part in parts:
+            await self._read_stream(client, part, "replay")
         self.replays += 1
         self._metrics.replays.inc()
 
-    async def _read_stream(self, client: aioredis.Redis, source: str) -> None:
-        """Apply the stream's entries after the last applied one, in batches."""
+    async def _read_stream(self, client: aioredis.Redis, part: PartitionKeys, source: str) -> None:
+        """Apply a partition's entries after the last applied one, in batches."""
         while True:
-            start = "-" if self._last_id is None else f"({self.last_id}"
             entries = cast(
                 list[tuple[str, dict[str, str]]],
-                await client.xrange(self.stream, min=start, max="+", count=REPLAY_BATCH),
+                await client.xrange(
+                    part.events, min=self._after(part.index), max="+", count=REPLAY_BATCH
+                ),
             )
             for entry_id, fields in entries:
-                self._apply(entry_id, _loads(fields.get("event")), source)
+                self._apply(part.index, entry_id, _loads(fields.get("event")), source)
             if len(entries) < REPLAY_BATCH:
                 break
 
-    async def _wake_up(self, pubsub: aioredis.client.PubSub, client: aioredis.Redis) -> None:
-        """A channel message arrived: fold in those already received, then read the stream.
+    async def _wake_up(
+        self,
+        first: int,
+        pubsub: aioredis.client.PubSub,
+        client: aioredis.Redis,
+        channels: dict[str, int],
+    ) -> None:
+        """A channel message arrived: fold in those already received, then read the
+        streams of the partitions they woke (once each).
 
-        The messages' payloads are ignored: only the stream says what happened.
+        The messages' payloads are ignored: only the streams say what happened.
         """
         self.wakeups += 1
+        woken = {first}
         for _ in range(COALESCE_MAX):
             message = await pubsub.get_message(timeout=0.0)
             if message is None:
                 break
-            if message["type"] == "message":
+            if message["type"] == "message" and message["channel"] in channels:
                 self.wakeups += 1
-        self.wakeup_reads += 1
-        await self._read_stream(client, "live")
+                woken.add(channels[message["channel"]])
+        parts = self._position.partitions
+        for index in sorted(woken):
+            self.wakeup_reads += 1
+            await self._read_stream(client, parts[index], "live")
 
-    async def _consume(self, pubsub: aioredis.client.PubSub, client: aioredis.Redis) -> None:
+    async def _consume(
+        self, pubsub: aioredis.client.PubSub, client: aioredis.Redis, channels: dict[str, int]
+    ) -> None:
         # After ping_interval of silence, a ping; no answer within another interval
         # means the connection is dead even if TCP has not noticed (a frozen server).
         poll = min(1.0, self.ping_interval / 2)
@@ -355,8 +395,8 @@ class RevocationListener:
             now = time.monotonic()
             if message is not None:
                 last_heard, pinged_at = now, None
-                if message["type"] == "message":
-                    await self._wake_up(pubsub, client)
+                if message["type"] == "message" and message["channel"] in channels:
+                    await self._wake_up(channels[message["channel"]], pubsub, client, channels)
             elif pinged_at is None and now - last_heard >= self.ping_interval:
                 await pubsub.ping()
                 pinged_at = now

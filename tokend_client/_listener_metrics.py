@@ -81,6 +81,6 @@ def make_metrics(
     m.deny_list.labels("sid").set_function(lambda: len(deny.sids))
     m.deny_list.labels("sub").set_function(lambda: len(deny.subs))
     m.deny_list.labels("jti").set_function(lambda: len(deny.jtis))
-    m.deny_list.labels("all").set_function(lambda: int(deny.everything is not None))
+    m.deny_list.labels("all").set_function(lambda: len(deny.fenced))
     m.lag.set_function(lambda: lag() or 0.0)
     return m

@@ -1,18 +1,17 @@
-"""Refresh-session expiry: sweep due sessions from the sharded deadline index."""
+"""Refresh-session expiry: sweep due sessions from each partition's deadline index."""
 
 from __future__ import annotations
 
 from service.clock import Clock
-from service.keyspace import EXPIRY_SHARDS
 from service.sessions import SessionStore
 
 
 class ExpiryWorker:
     """Ends sessions past their idle or absolute deadline and publishes session.expired.
 
-    Each batch is one Lua script per shard (atomic), so several workers can sweep at
+    Each batch is one Lua script per partition (atomic), so several workers can sweep at
     once without double events, and a killed worker leaves no half-done batch. The cost
-    is O(log n + due) per shard: live sessions that are not due are never touched.
+    is O(log n + due) per partition: live sessions that are not due are never touched.
     """
 
     name = "expiry"
@@ -27,10 +26,10 @@ class ExpiryWorker:
         self.expired_total = 0
 
     async def step(self) -> int:
-        """Sweep one batch from every shard; how many sessions ended."""
+        """Sweep one batch from every partition; how many sessions ended."""
         now = self.clock()
         total = 0
-        for shard in range(EXPIRY_SHARDS):
-            total += await self.sessions.sweep_expired(shard=shard, now=now, batch=self.batch)
+        for part in range(self.sessions.keys.partitions):
+            total += await self.sessions.sweep_expired(partition=part, now=now, batch=self.batch)
         self.expired_total += total
         return total

@@ -1,15 +1,16 @@
 -- Shared helpers, prepended to every tokend script.
 -- Every script receives every key it touches through KEYS (Redis Cluster's rule; a test
 -- checks it), in a regular layout built by service/keyspace.py:
---   KEYS[1] epoch  KEYS[2] gen  KEYS[3] events stream  KEYS[4] channel  KEYS[5..] the script's
+--   KEYS[1] epoch  KEYS[2] gen  KEYS[3] events stream  KEYS[4] fence, all of the partition
+--   the script's keys belong to (one hash slot)  KEYS[5..] the script's
 --   ARGV[1] known_epoch  ARGV[2] known_gen ('' '': not checked)  ARGV[3] stream retention
 --   ARGV[4..] the script's
--- Events go to the stream and the channel in the same script, so they are atomic with
--- the state change that caused them. The stream is trimmed exactly by age (MINID without
+-- Events go to the partition's stream, and a wake-up to the pub/sub channel of the same
+-- name, in the same script, so they are atomic with the state change that caused them. The stream is trimmed exactly by age (MINID without
 -- "~"): it only holds revocations, so the cost is small and the bound is precise.
 -- cjson writes numbers with 14 significant digits, which cuts a time to 0.1 ms; a time
 -- given as a string of digits (fmt_time) is written as the exact number instead.
-local EPOCH_KEY, GEN_KEY, EVENTS_KEY, CHANNEL_KEY = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
+local EPOCH_KEY, GEN_KEY, EVENTS_KEY, FENCE_KEY = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
 local KNOWN_EPOCH, KNOWN_GEN, RETENTION = ARGV[1], ARGV[2], ARGV[3]
 
 local function encode(ev)
@@ -27,7 +28,7 @@ local function emit(ev)
   local minid = (tonumber(t[1]) - tonumber(RETENTION)) * 1000
   local id = redis.call('XADD', EVENTS_KEY, 'MINID', tostring(minid), '*', 'event', encode(ev))
   ev['id'] = id
-  redis.call('PUBLISH', CHANNEL_KEY, encode(ev))
+  redis.call('PUBLISH', EVENTS_KEY, encode(ev))
   return id
 end
 

@@ -1,5 +1,5 @@
 -- Create a session at login.
--- KEYS: (common head: epoch gen events channel) session hash, user index, user
+-- KEYS: (common head: epoch gen events fence) session hash, user index, user
 --       revocation mark, the session's expiry shard, then for each candidate (the user's
 --       sessions as the caller read the index after a 'full' reply): its session hash,
 --       its deny key, its expiry shard

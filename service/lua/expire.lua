@@ -2,7 +2,7 @@
 -- either did the whole batch or none of it, and each session.expired is published
 -- exactly once (a member another sweep handled meanwhile is no longer due and skipped).
 -- The caller read the due members (ZRANGEBYSCORE ... LIMIT) and passes their keys.
--- KEYS: (common head: epoch gen events channel) the expiry shard, then for each member:
+-- KEYS: (common head: epoch gen events fence) the expiry shard, then for each member:
 --       its session hash, its user's index, its user's revocation mark
 -- ARGV: (known_epoch known_gen retention) now, then the members "sid:uid"
 -- Returns the number of sessions that ended with a session.expired.

@@ -1,7 +1,7 @@
 -- Read, without writing, whether a refresh token may still refresh its session: the
 -- rule of rotate.lua (common.lua `judge`), so introspection and the token endpoint's
 -- scope check agree with the refresh itself.
--- KEYS: (common head: epoch gen events channel) session hash, revocation mark of `uid`
+-- KEYS: (common head: epoch gen events fence) session hash, revocation mark of `uid`
 -- ARGV: (known_epoch known_gen retention) sid presented_jti now grace uid
 -- Replies (decoded by service/replies.py `peek`):
 --   {'current' | 'grace', uid, cid, scope}

@@ -1,5 +1,5 @@
 -- Revoke one session (logout, session delete, RFC 7009 revoke of a refresh token).
--- KEYS: (common head: epoch gen events channel) session hash, the session's deny key,
+-- KEYS: (common head: epoch gen events fence) session hash, the session's deny key,
 --       the index of the user `uid`, the session's expiry shard
 -- ARGV: (known_epoch known_gen retention) sid uid owner reason now deny_until force
 -- uid: whose index KEYS[7] is (the owner, or the session's uid as the caller read it);

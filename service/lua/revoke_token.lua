@@ -1,5 +1,5 @@
 -- Deny one access token by jti until it expires (RFC 7009 revoke of an access token).
--- KEYS: (common head: epoch gen events channel) the jti's deny key
+-- KEYS: (common head: epoch gen events fence) the jti's deny key
 -- ARGV: (known_epoch known_gen retention) jti sub sid reason now deny_until
 -- Returns {1, gen, epoch} on the first revocation, {0} after, {'stale'} when this Redis
 -- is behind the known position.

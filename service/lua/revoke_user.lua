@@ -4,7 +4,7 @@
 -- every script that uses a session checks it (rotate.lua, create.lua, expire.lua; the
 -- deny check for access tokens). One user.revoked event says the same to subscribers
 -- (its `sid` is the kept session, null when none).
--- KEYS: (common head: epoch gen events channel) user index, user revocation mark, kept
+-- KEYS: (common head: epoch gen events fence) user index, user revocation mark, kept
 --       session hash (any key of the user's when none is kept)
 -- ARGV: (known_epoch known_gen retention) uid reason deny_until keep_sid
 -- Returns {n, gen, epoch, at}: how many sessions ended, the position after the write and

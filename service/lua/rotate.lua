@@ -1,5 +1,5 @@
 -- Rotate a session's refresh token in one step.
--- KEYS: (common head: epoch gen events channel) session hash, revocation mark of the
+-- KEYS: (common head: epoch gen events fence) session hash, revocation mark of the
 --       user the refresh token names, that user's index, the session's expiry shard,
 --       the session's deny key
 -- ARGV: (known_epoch known_gen retention) sid presented_jti now new_jti idle_ttl grace
