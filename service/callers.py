@@ -8,7 +8,7 @@ from typing import Any
 from .clock import Clock
 from .errors import TokenRevoked
 from .sessions import SessionStore
-from .tokens import TokenService
+from .tokens import TokenService, rotation_number
 from .users import User, UserStore
 
 
@@ -57,7 +57,11 @@ class Callers:
         """The active user whose live session the verified refresh-token ``claims`` may
         still refresh, and the session's scope; None when the token is spent or dead."""
         grant = await self.sessions.live_grant(
-            sid=claims["sid"], jti=claims["jti"], now=self.clock(), uid=claims["sub"]
+            sid=claims["sid"],
+            jti=claims["jti"],
+            now=self.clock(),
+            uid=claims["sub"],
+            rot=rotation_number(claims),
         )
         if grant is None or grant.uid != claims["sub"]:
             return None

@@ -308,7 +308,7 @@ class RedisFence:
         with redis_errors():
             async with self.redis.pipeline(transaction=False) as pipe:
                 for part in self.keys.all:
-                    pipe.mget(part.epoch, part.gen)
+                    pipe.execute_command("MGET", part.epoch, part.gen)
                 rows = await pipe.execute()
         return {i: (parse_position(*row), True) for i, row in enumerate(rows)}
 

@@ -58,6 +58,8 @@ class Grant:
     client_id: str
     scope: str
     auth_time: float
+    #: The refresh token's rotation number (1 at login, one more per rotation).
+    rot: int = 1
 
 
 class Issuer:
@@ -122,6 +124,7 @@ class Issuer:
             exp=grant.exp,
             now=now,
             client_id=grant.client_id or None,
+            rot=grant.rot,
         )
         return TokenPair(
             access_token=access.token,

@@ -31,6 +31,7 @@ LoginOutcome = Literal[
 RefreshOutcome = Literal[
     "rotated",
     "grace",
+    "rolled_forward",
     "reuse_concurrent",
     "reuse_replay",
     "expired",

@@ -7,6 +7,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import redis.asyncio as aioredis
+from redis.asyncio.cluster import RedisCluster
 
 from .errors import RateLimited
 from .keyspace import Keyspace
@@ -73,6 +74,8 @@ class LoginLimiter:
         self.window = window
         self._reserve = redis.register_script(_RESERVE)
         self._release = redis.register_script(_RELEASE)
+        # On a cluster the two counters live in different slots: one script each.
+        self.clustered = isinstance(redis, RedisCluster)
 
     def _keys(self, username: str, ip: str) -> tuple[str, str]:
         # The username is hashed: arbitrary user input never becomes a raw key name.
@@ -80,13 +83,26 @@ class LoginLimiter:
 
     async def check(self, username: str, ip: str) -> None:
         """Count an attempt against both limits, or raise RateLimited when either is reached."""
+        user_key, ip_key = self._keys(username, ip)
         with redis_errors():
-            wait = int(
-                await self._reserve(
-                    keys=list(self._keys(username, ip)),
-                    args=[self.per_user, self.per_ip, self.window],
+            if not self.clustered:
+                wait = int(
+                    await self._reserve(
+                        keys=[user_key, ip_key], args=[self.per_user, self.per_ip, self.window]
+                    )
                 )
-            )
+            else:
+                # Counted per key in turn; an attempt the IP refuses is given back to
+                # the user's counter, so neither counts an attempt that did not happen.
+                wait = int(
+                    await self._reserve(keys=[user_key], args=[self.per_user, 0, self.window])
+                )
+                if not wait:
+                    wait = int(
+                        await self._reserve(keys=[ip_key], args=[self.per_ip, 0, self.window])
+                    )
+                    if wait:
+                        await self._release(keys=[user_key])
         if wait:
             raise RateLimited(wait)
 
@@ -104,7 +120,11 @@ class LoginLimiter:
     async def undecided(self, username: str, ip: str) -> None:
         """Give back an attempt that was neither a success nor a failure (an outage)."""
         with redis_errors():
-            await self._release(keys=list(self._keys(username, ip)))
+            if self.clustered:
+                for key in self._keys(username, ip):
+                    await self._release(keys=[key])
+            else:
+                await self._release(keys=list(self._keys(username, ip)))
 
 
 class CountLimit:

@@ -9,7 +9,15 @@ from .errors import InvalidScope, InvalidToken, TokendError, TokenExpired, Token
 from .issuing import ClientInfo, Grant, Issuer, TokenPair
 from .metrics import Metrics, RefreshOutcome
 from .sessions import Rotation, SessionStore
-from .tokens import TokenService, new_id
+from .tokens import TokenService, new_id, rotation_number
+
+# The metric outcome of each rotation that issued a pair (ahead: a lost write rolled
+# forward, see rotate.lua).
+ISSUED: dict[str, RefreshOutcome] = {
+    "rotated": "rotated",
+    "grace": "grace",
+    "ahead": "rolled_forward",
+}
 
 audit = logging.getLogger("tokend.audit")
 
@@ -94,10 +102,12 @@ class Refresh:
             user_agent=client.user_agent,
             ip=client.ip,
             scope=scope,
+            rot=rotation_number(claims),
+            iat=int(claims["iat"]),
         )
         if rotation.status == "scope" and scope is not None:
             narrow_scope(rotation.scope, scope)  # raises InvalidScope, naming the extra
-        if rotation.status not in ("rotated", "grace"):
+        if rotation.status not in ("rotated", "grace", "ahead"):
             return self._refused(rotation, sid, client)
         # No user lookup here: the session in Redis is authoritative, and disabling a
         # user sets their revocation mark, which rotate.lua checks, so refresh stays
@@ -112,8 +122,9 @@ class Refresh:
             rotation.client_id,
             granted,
             rotation.auth,
+            rotation.rot,
         )
-        outcome: RefreshOutcome = "rotated" if rotation.status == "rotated" else "grace"
+        outcome = ISSUED[rotation.status]
         return outcome, self.issuer.pair(grant, now)
 
     def _refused(

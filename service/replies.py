@@ -17,7 +17,8 @@ Reported = tuple[Any, Any]
 
 @dataclass(frozen=True)
 class Rotation:
-    """What a refresh did: ``status`` is rotated, grace, reuse, expired, unknown, fenced,
+    """What a refresh did: ``status`` is rotated, grace, ahead (rotated from a token newer
+    than the recorded state: a lost write rolled forward), reuse, expired, unknown, fenced,
     revoked (ended by its user's revocation mark), mismatch (another user's session) or
     scope (a requested scope beyond the grant, in ``scope``; nothing changed).
 
@@ -34,6 +35,8 @@ class Rotation:
     client_id: str = ""
     scope: str = ""
     auth: float = 0.0
+    #: The rotation number of the refresh token ``jti`` (its ``rot`` claim).
+    rot: int = 1
     reuse_kind: str = ""
     other_ip: str = ""
     other_ua: str = ""
@@ -42,10 +45,18 @@ class Rotation:
 def rotation(result: list[Any]) -> tuple[Rotation, Reported | None]:
     """rotate.lua's reply and the position it reports."""
     status = result[0]
-    if status in ("rotated", "grace"):
-        _, uid, jti, iat, exp, cid, scope, gen, epoch, auth = result
+    if status in ("rotated", "grace", "ahead"):
+        _, uid, jti, iat, exp, cid, scope, gen, epoch, auth, n = result
         rot = Rotation(
-            status, uid, jti, int(iat), int(exp), cid or "", scope or "", float(auth or 0)
+            status,
+            uid,
+            jti,
+            int(iat),
+            int(exp),
+            cid or "",
+            scope or "",
+            float(auth or 0),
+            rot=int(n),
         )
         return rot, (gen, epoch)
     if status == "scope":
@@ -75,7 +86,7 @@ class Peek:
 
 def peek(result: list[Any]) -> Peek:
     """peek.lua's reply."""
-    if result[0] in ("current", "grace"):
+    if result[0] in ("current", "grace", "ahead"):
         _, uid, cid, scope = result
         return Peek(result[0], uid, cid or "", scope or "")
     return Peek(result[0], result[1] if len(result) > 1 else "")

@@ -257,10 +257,14 @@ class SessionStore:
         user_agent: str = "",
         ip: str = "",
         scope: str | None = None,
+        rot: int | None = None,
+        iat: int = 0,
     ) -> Rotation:
-        """Atomically rotate, replay within grace, or detect reuse (see rotate.lua).
-        ``uid`` is the user the refresh token names; ``scope``, when given, must stay
-        within the session's grant, else the status is ``scope`` and nothing changes."""
+        """Atomically rotate, replay within grace, roll forward, or detect reuse (see
+        rotate.lua). ``uid`` is the user the refresh token names, ``rot`` and ``iat``
+        its rotation number (None: a token without one) and issue time; ``scope``, when
+        given, must stay within the session's grant, else the status is ``scope`` and
+        nothing changes."""
         p = self.keys.of(uid)
         keys = [
             *p.head,
@@ -272,6 +276,7 @@ class SessionStore:
         ]
         args: list[Any] = [sid, jti, now, new_jti, self.idle_ttl, self.grace, self.deny_until(now)]
         args += [user_agent, ip, uid, "0" if scope is None else "1", scope or ""]
+        args += ["" if rot is None else rot, iat]
         result = await run_checked(
             self.fence,
             p.index,
@@ -425,7 +430,9 @@ class SessionStore:
             fields = cast(dict[str, str], await self.redis.hgetall(key))
         return _info(sid, fields) if fields else None
 
-    async def live_grant(self, *, sid: str, jti: str, now: float, uid: str) -> SessionGrant | None:
+    async def live_grant(
+        self, *, sid: str, jti: str, now: float, uid: str, rot: int | None = None
+    ) -> SessionGrant | None:
         """The session's grant while ``jti`` may still refresh it, else None (read-only).
 
         rotate.lua's rule itself (peek.lua shares it through common.lua), read without
@@ -436,7 +443,7 @@ class SessionStore:
         with redis_errors():
             result = await self._peek(
                 keys=[*p.head, p.session(sid), p.user_mark(uid)],
-                args=["", "", self.retention, sid, jti, now, self.grace, uid],
+                args=["", "", self.retention, sid, jti, now, self.grace, uid, rot or ""],
             )
         peek = replies.peek(result)
         if not peek.live:

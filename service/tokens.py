@@ -135,8 +135,10 @@ class TokenService:
         exp: int,
         now: float,
         client_id: str | None = None,
+        rot: int = 1,
     ) -> IssuedToken:
-        """The refresh token ``jti`` of the session (its state lives in Redis).
+        """The refresh token ``jti`` of the session (its state lives in Redis), the
+        session's ``rot``-th (its rotation number, checked by rotate.lua).
 
         Deterministic: the same claims give the same bytes, so a grace replay hands out
         exactly the successor the first caller got.
@@ -149,6 +151,7 @@ class TokenService:
             "iat": iat,
             "jti": jti,
             "sid": sid,
+            "rot": rot,
         }
         if client_id:
             claims["client_id"] = client_id
@@ -188,6 +191,12 @@ class TokenService:
             return None
         typ = header.get("typ")
         return typ if isinstance(typ, str) else None
+
+
+def rotation_number(claims: dict[str, Any]) -> int | None:
+    """A verified refresh token's ``rot`` claim (None for a token without one)."""
+    rot = claims.get("rot")
+    return rot if isinstance(rot, int) and not isinstance(rot, bool) and rot > 0 else None
 
 
 def _parse_header(token: str) -> dict[str, Any]:

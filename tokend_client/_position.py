@@ -55,7 +55,7 @@ class PositionWatch:
         """Record every partition's position, or raise RedisBehind when one went back."""
         async with client.pipeline(transaction=False) as pipe:
             for part in self.partitions:
-                pipe.mget(part.epoch, part.gen)
+                pipe.execute_command("MGET", part.epoch, part.gen)
             rows = cast(list[list[str | None]], await pipe.execute())
         positions: dict[int, tuple[int, int]] = {}
         for part, (epoch, gen) in zip(self.partitions, rows, strict=True):

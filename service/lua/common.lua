@@ -100,10 +100,12 @@ local function revoked_by_mark(mark_at, keep, sid, auth)
   return mark_at ~= nil and sid ~= keep and tonumber(auth) <= mark_at
 end
 
--- The fields of a session hash that the refresh-token rule reads, in this order.
+-- The fields of a session hash that the refresh-token rule reads, in this order. `n` is
+-- the rotation number of the current refresh token (1 for the login's; each rotation
+-- adds one), carried in the token as its `rot` claim.
 local function read_session(key)
   return redis.call('HMGET', key, 'uid', 'cur', 'prev', 'last', 'abs', 'idle', 'cid',
-    'scope', 'ep', 'auth', 'created', 'ip', 'ua', 'plast')
+    'scope', 'ep', 'auth', 'created', 'ip', 'ua', 'plast', 'n')
 end
 
 -- The refresh-token rule, one place for rotate.lua (which acts on the verdict) and
@@ -111,8 +113,12 @@ end
 -- the revocation mark of the session's user. The verdict: unknown (no session), fenced
 -- (created before the last fence: its state may be a restored, outdated copy), revoked
 -- (authenticated at or before its user's mark), expired, current (`jti` is the current
--- refresh token), grace (the previous one, issued less than `grace` ago) or reuse.
-local function judge(f, sid, jti, now, ep, mark_key, grace)
+-- refresh token), grace (the previous one, issued less than `grace` ago), ahead or
+-- reuse. ahead: a token of a later rotation than the session records (`rot` above `n`).
+-- Only tokend can have issued it (the token is MACed and names this session), so the
+-- rotation that issued it was acknowledged and then lost (a replica promoted before it
+-- got the write): the token is the newest, and the session rolls forward to it.
+local function judge(f, sid, jti, now, ep, mark_key, grace, rot)
   if not f[1] then return 'unknown' end
   if tonumber(f[9] or '1') < ep then return 'fenced' end
   local mark_at, keep = user_mark(mark_key)
@@ -120,5 +126,6 @@ local function judge(f, sid, jti, now, ep, mark_key, grace)
   if now >= tonumber(f[6]) or now >= tonumber(f[5]) then return 'expired' end
   if jti == f[2] then return 'current' end
   if jti == f[3] and now < tonumber(f[4]) + grace then return 'grace' end
+  if rot ~= nil and rot > tonumber(f[15] or '1') then return 'ahead' end
   return 'reuse'
 end

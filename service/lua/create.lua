@@ -58,7 +58,7 @@ end
 redis.call('HSET', SESSION,
   'uid', uid, 'cid', ARGV[6], 'scope', ARGV[7], 'created', now, 'last', now,
   'idle', ARGV[9], 'abs', ARGV[10], 'cur', ARGV[11], 'ua', ARGV[12], 'ip', ARGV[13],
-  'ep', math.max(ep, 1), 'auth', ARGV[14])
+  'ep', math.max(ep, 1), 'auth', ARGV[14], 'n', 1)
 expire_at(SESSION, ARGV[9])
 redis.call('ZADD', INDEX, ARGV[10], sid)
 local top = redis.call('ZRANGE', INDEX, 0, 0, 'REV', 'WITHSCORES')

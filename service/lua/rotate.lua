@@ -3,9 +3,13 @@
 --       user the refresh token names, that user's index, the session's expiry shard,
 --       the session's deny key
 -- ARGV: (known_epoch known_gen retention) sid presented_jti now new_jti idle_ttl grace
---       deny_until ua ip uid scope_requested('1'|'0') requested_scope
+--       deny_until ua ip uid scope_requested('1'|'0') requested_scope rot iat
+-- rot and iat: the presented token's rotation number ('' for a token without one) and
+-- issue time.
 -- Replies (decoded by service/replies.py `rotation`):
---   {'rotated' | 'grace', uid, jti, iat, exp, cid, scope, gen, epoch, auth}
+--   {'rotated' | 'grace' | 'ahead', uid, jti, iat, exp, cid, scope, gen, epoch, auth, n}
+--        n: the rotation number of the refresh token to hand out (jti); ahead: rotated
+--        from a token newer than the recorded state (common.lua `judge`)
 --   {'reuse', uid, gen, epoch, kind, ip, ua}   kind: concurrent (the presented token was
 --        superseded less than the grace ago: most likely the client's own race) or
 --        replay; ip and ua of the session's last use
@@ -28,7 +32,8 @@ local f = read_session(SESSION)
 local uid = f[1]
 if uid and uid ~= ARGV[13] then return {'mismatch', uid} end
 local grace = tonumber(ARGV[9])
-local verdict = judge(f, sid, jti, now, ep, MARK, grace)
+local rot = tonumber(ARGV[16])
+local verdict = judge(f, sid, jti, now, ep, MARK, grace, rot)
 if verdict == 'unknown' then return {'unknown'} end
 if verdict == 'fenced' or verdict == 'revoked' then
   redis.call('DEL', SESSION)
@@ -38,26 +43,32 @@ if verdict == 'fenced' or verdict == 'revoked' then
 end
 if verdict == 'expired' then return {'expired', uid} end
 local auth = f[10] or f[11]
-if (verdict == 'current' or verdict == 'grace') and ARGV[14] == '1' then
+if verdict ~= 'reuse' and ARGV[14] == '1' then
   local granted = {}
   for word in string.gmatch(f[8] or '', '%S+') do granted[word] = true end
   for word in string.gmatch(ARGV[15], '%S+') do
     if not granted[word] then return {'scope', uid, f[8] or ''} end
   end
 end
-if verdict == 'current' then
+if verdict == 'current' or verdict == 'ahead' then
   local iat = math.floor(now)
   local exp = math.min(iat + tonumber(ARGV[8]), math.floor(tonumber(f[5])))
+  -- the presented token was issued at `last`, or (ahead) at its own iat
+  local issued = f[4]
+  local n = tonumber(f[15] or '1') + 1
+  if verdict == 'ahead' then issued, n = ARGV[17], rot + 1 end
   redis.call('HSET', SESSION, 'cur', ARGV[7], 'prev', jti, 'idle', exp, 'last', ARGV[6],
-    'plast', f[4], 'ua', ARGV[11], 'ip', ARGV[12])
+    'plast', issued, 'ua', ARGV[11], 'ip', ARGV[12], 'n', n)
   expire_at(SESSION, exp)
   redis.call('ZADD', SHARD, exp, sid .. ':' .. uid)
   gen = redis.call('INCR', GEN_KEY)
-  return {'rotated', uid, ARGV[7], iat, exp, f[7], f[8], gen, ep, auth}
+  local status = 'rotated'
+  if verdict == 'ahead' then status = 'ahead' end
+  return {status, uid, ARGV[7], iat, exp, f[7], f[8], gen, ep, auth, n}
 end
 if verdict == 'grace' then
   return {'grace', uid, f[2], math.floor(tonumber(f[4])), tonumber(f[6]), f[7], f[8], gen, ep,
-    auth}
+    auth, tonumber(f[15] or '1')}
 end
 -- The previous token past the grace is a replay; an older one was superseded by `plast`.
 local kind = 'replay'
