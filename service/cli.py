@@ -12,6 +12,7 @@ import json
 import logging
 import os
 import signal
+import socket
 import sys
 import time
 from collections.abc import Coroutine, Mapping, Sequence
@@ -45,16 +46,23 @@ from .users import SqlUserStore, normalize_username
 log = logging.getLogger("tokend")
 
 
-async def serve(settings: Settings, *, with_workers: bool = False) -> None:
-    """Run the API (and optionally the workers) until SIGTERM or SIGINT."""
+async def serve(
+    settings: Settings, *, with_workers: bool = False, sockets: Sequence[socket.socket] = ()
+) -> None:
+    """Run the API (and optionally the workers) until SIGTERM or SIGINT; on ``sockets``
+    already listening (the supervisor's, service/supervisor.py) when given."""
     from workers.main import run_workers
 
     runner = TokendRunner(create_app(settings), access_log=None)
     await runner.setup()
-    site = web.TCPSite(runner, settings.host, settings.port)
-    await site.start()
+    sites: list[web.BaseSite] = [web.SockSite(runner, s) for s in sockets]
+    for site in sites or [web.TCPSite(runner, settings.host, settings.port)]:
+        await site.start()
     settle_gc()
-    log.info("tokend listening on http://%s:%s", settings.host, settings.port)
+    if sites:
+        log.info("tokend listening on %s, pid %d", sites[0].name, os.getpid())
+    else:
+        log.info("tokend listening on http://%s:%s", settings.host, settings.port)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -246,7 +254,13 @@ def run_fast(main: Coroutine[Any, Any, None]) -> None:
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="tokend", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
-    sub.add_parser("serve", help="run the API")
+    serve_cmd = sub.add_parser("serve", help="run the API")
+    serve_cmd.add_argument(
+        "--processes",
+        type=_processes,
+        metavar="N",
+        help="API processes on the one port, under a supervisor (default: TOKEND_PROCESSES, 1)",
+    )
     work = sub.add_parser("work", help="run the background workers")
     work.add_argument(
         "--check",
@@ -287,8 +301,32 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _settings(env: Mapping[str, str]) -> Settings:
+def _processes(raw: str) -> int:
+    try:
+        value = int(raw)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer, got {raw!r}") from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {raw!r}")
+    return value
+
+
+def _settings(env: Mapping[str, str], *, processes: int | None = None) -> Settings:
+    if processes is not None:  # `serve --processes N` wins over TOKEND_PROCESSES
+        env = {**env, "TOKEND_PROCESSES": str(processes)}
     return Settings.from_env(env)
+
+
+def _serve(settings: Settings) -> int:
+    """`tokend serve`: the API in this process, or under a supervisor (--processes N)."""
+    resolve_kek(settings)  # once, before any fork: it may create the dev KEK file
+    if settings.processes == 1:
+        run_fast(serve(settings))
+        return 0
+    from .supervisor import listen, supervise
+
+    sockets = listen(settings.host, settings.port)
+    return supervise(settings.processes, sockets, lambda s: run_fast(serve(settings, sockets=s)))
 
 
 def run(argv: Sequence[str], env: Mapping[str, str]) -> int:
@@ -304,10 +342,9 @@ def run(argv: Sequence[str], env: Mapping[str, str]) -> int:
         from .client_cli import run_client
 
         return run_client(args, env)
-    settings = _settings(env)
+    settings = _settings(env, processes=getattr(args, "processes", None))
     if args.command == "serve":
-        resolve_kek(settings)
-        run_fast(serve(settings))
+        return _serve(settings)
     elif args.command == "work":
         from workers.main import check, run_workers
 
