@@ -27,6 +27,8 @@ from tests.support.settings import (  # noqa: F401 (REDIS_URL, TEST_KEK: still i
     make_postgres_database,
 )
 
+pytest_plugins = ["tests.support.topology"]
+
 
 @pytest.fixture
 async def redis_prefix() -> AsyncIterator[str]:
@@ -134,10 +136,11 @@ def clock() -> FrozenClock:
 
 # --- subscriber library (tokend_client) ---------------------------------------------
 
-# XADD and PUBLISH in one step, like tokend's emit: the channel gets the stream JSON plus id.
+# XADD and PUBLISH in one step, like tokend's emit: the channel (named like the
+# partition's stream) gets the stream JSON plus id.
 _EMIT_LUA = """
 local id = redis.call('XADD', KEYS[1], '*', 'event', ARGV[1])
-redis.call('PUBLISH', KEYS[2], string.sub(ARGV[1], 1, -2) .. ',"id":"' .. id .. '"}')
+redis.call('PUBLISH', KEYS[1], string.sub(ARGV[1], 1, -2) .. ',"id":"' .. id .. '"}')
 return id
 """
 
@@ -148,7 +151,10 @@ EmitRevocation = Callable[..., Awaitable[str]]
 def emit_revocation(redis_client: aioredis.Redis, redis_prefix: str) -> EmitRevocation:
     """Write a synthetic v1 revocation event to the test prefix: ``await emit(type, **fields)``.
 
-    Returns the stream id. ``client=`` sends it to another Redis (a private server).
+    It goes to the stream (and channel) of ``partition``: by default the partition of
+    ``sub`` (partition 0 without one), of the default partition count. Returns the
+    stream id. ``client=`` sends it to another Redis (a private server); ``extra``
+    fields are added to the event (``all.revoked``'s ``epoch``, ``partition``).
     """
 
     async def emit(
@@ -161,6 +167,8 @@ def emit_revocation(redis_client: aioredis.Redis, redis_prefix: str) -> EmitRevo
         at: float | None = None,
         until: float | None = None,
         client: aioredis.Redis | None = None,
+        partition: int | None = None,
+        extra: dict[str, Any] | None = None,
     ) -> str:
         import json
         import time
@@ -175,14 +183,16 @@ def emit_revocation(redis_client: aioredis.Redis, redis_prefix: str) -> EmitRevo
             "at": now,
             "until": now + 960 if until is None else until,
             "v": 1,
+            **(extra or {}),
         }
+        keys = Keyspace(redis_prefix)
+        if partition is None:
+            part = keys.of(sub) if sub is not None else keys.partition(0)
+        else:
+            part = keys.partition(partition)
         target = client or redis_client
         entry_id = await target.eval(  # type: ignore[misc]
-            _EMIT_LUA,
-            2,
-            Keyspace(redis_prefix).events,
-            Keyspace(redis_prefix).channel,
-            json.dumps(event, separators=(",", ":")),
+            _EMIT_LUA, 1, part.events, json.dumps(event, separators=(",", ":"))
         )
         return str(entry_id.decode() if isinstance(entry_id, bytes) else entry_id)
 

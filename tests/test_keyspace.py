@@ -6,14 +6,16 @@ from __future__ import annotations
 
 import re
 import subprocess
+import zlib
 from pathlib import Path
 
 import pytest
+from redis.crc import REDIS_CLUSTER_HASH_SLOTS, key_slot
 
 from service import events
-from service.keyspace import EXPIRY_SHARDS, Keyspace, expiry_shard
+from service.keyspace import Keyspace
 from tokend_client import _events as client_events
-from tokend_client._keys import ClientKeys
+from tokend_client._keys import ClientKeys, partition_of, partition_tags
 
 ROOT = Path(__file__).resolve().parent.parent
 LUA = ROOT / "service" / "lua"
@@ -48,14 +50,15 @@ def _args(text: str, start: int) -> tuple[list[str], int]:
 
 def key_violations(source: str) -> list[str]:
     """Every redis.call whose key is not taken from KEYS: a literal KEYS[...], a local
-    bound to one, or a parameter of a helper that every caller passes such a key."""
+    bound to one (or to such a local), or a parameter of a helper that every caller
+    passes such a key."""
     source = re.sub(r"--[^\n]*", "", source)
-    bound = set()
+    bound: set[str] = set()
     for m in re.finditer(r"local\s+([\w\s,]+?)\s*=\s*([^\n]+)", source):
         names = [n.strip() for n in m.group(1).split(",")]
         values = [v.strip() for v in m.group(2).split(",")]
         for name, value in zip(names, values, strict=False):
-            if re.fullmatch(r"KEYS\[[^\]]+\]", value):
+            if re.fullmatch(r"KEYS\[[^\]]+\]", value) or value in bound:
                 bound.add(name)
     functions = {
         m.group(1): ([p.strip() for p in m.group(2).split(",") if p.strip()], m.start())
@@ -116,10 +119,15 @@ def test_the_key_check_catches_keys_built_inside_a_script() -> None:
     local function helper(key) return redis.call('GET', key) end
     helper(ARGV[2])
     drop(ARGV[1], 'x')
+    local A, B = KEYS[4], ARGV[3]
+    local alias, other = A, B
+    redis.call('SET', alias, 1)
+    redis.call('SET', other, 1)
     """
     assert sorted(key_violations(built)) == [
         "DEL prefix .. ':s:' .. sid",
         "HGET skey",
+        "SET other",
         "helper(... ARGV[2] ...)",
     ]
 
@@ -127,22 +135,62 @@ def test_the_key_check_catches_keys_built_inside_a_script() -> None:
 def test_every_script_header_documents_its_keys_and_argv() -> None:
     for script in _scripts():
         head = script.read_text().split("\n\n")[0]
-        assert "-- KEYS: (common head: epoch gen events channel)" in head, script.name
+        assert "-- KEYS: (common head: epoch gen events fence)" in head, script.name
         assert "-- ARGV: (known_epoch known_gen retention)" in head, script.name
 
 
 def test_client_key_names_are_the_servers() -> None:
     for prefix in ("tokend", "t-1:x"):
-        server, client = Keyspace(prefix), ClientKeys(prefix)
-        for name in ("events", "channel", "epoch", "gen", "fence"):
-            assert getattr(client, name) == getattr(server, name), name
+        for count in (1, 5, 16):
+            server, client = Keyspace(prefix, count), ClientKeys(prefix)
+            assert client.layout == server.layout
+            parts = client.partitions(count)
+            assert len(parts) == len(server.all) == count
+            for theirs, ours in zip(server.all, parts, strict=True):
+                assert (theirs.index, theirs.tag) == (ours.index, ours.tag)
+                for name in ("events", "epoch", "gen", "fence"):
+                    assert getattr(ours, name) == getattr(theirs, name), (count, name)
+            # the partition a user lives in is the same on both sides
+            for uid in ("u1", "0b0e3c1e-7d4e-4c5e-9f00-000000000001", ""):
+                assert server.of(uid).index == partition_of(uid, count)
 
 
-def test_expiry_shard_matches_the_lua_byte_sum() -> None:
-    # common.lua used to compute it; the sum of the id's bytes modulo the shard count
-    assert expiry_shard("") == 0
-    assert expiry_shard("abc") == (97 + 98 + 99) % EXPIRY_SHARDS
-    assert Keyspace("p").expiry_of("abc") == f"p:exp:{(97 + 98 + 99) % EXPIRY_SHARDS}"
+def test_a_user_lives_in_the_crc32_partition() -> None:
+    for count in (1, 7, 16):
+        for uid in ("alice", "bob", "00000000-0000-0000-0000-000000000042"):
+            assert partition_of(uid, count) == zlib.crc32(uid.encode()) % count
+            assert Keyspace("p", count).of(uid) == Keyspace("p", count).partition(
+                zlib.crc32(uid.encode()) % count
+            )
+
+
+def test_every_key_of_a_user_and_its_partition_shares_one_slot() -> None:
+    # Every script runs in one Redis Cluster slot: the user's keys, the expiry index and
+    # the head (epoch, gen, events, fence) of the user's partition.
+    keys = Keyspace("tokend", 16)
+    for uid in ("alice", "bob", "carol"):
+        p = keys.of(uid)
+        names = [
+            p.session("sid-1"),
+            p.deny_session("sid-1"),
+            p.user_index(uid),
+            p.user_mark(uid),
+            p.deny_token("jti-1"),
+            p.expiry,
+            *p.head,
+        ]
+        assert len({key_slot(n.encode()) for n in names}) == 1, names
+        assert p.head == [p.epoch, p.gen, p.events, p.fence]
+        assert p.expiry == f"tokend:{{{p.tag}}}:exp"  # one expiry index per partition
+
+
+def test_partition_i_lands_in_the_ith_slot_range() -> None:
+    for count in (1, 3, 16):
+        for i, tag in enumerate(partition_tags(count)):
+            low = i * REDIS_CLUSTER_HASH_SLOTS // count
+            high = (i + 1) * REDIS_CLUSTER_HASH_SLOTS // count
+            assert low <= key_slot(Keyspace("x", count).partition(i).events.encode()) < high
+            assert tag.startswith(f"p{i}.")
 
 
 def test_the_client_event_schema_is_the_servers() -> None:
@@ -152,13 +200,16 @@ def test_the_client_event_schema_is_the_servers() -> None:
 
 
 # A hand-built key name: an f-string or concatenation that starts with a prefix
-# variable followed by ":" (f"{prefix}:s:...", prefix + ":events") or a bare
-# ":events"/":revocations"/":du:" literal.
+# variable followed by ":" (f"{prefix}:s:...", prefix + ":events"), a bare
+# ":events"/":partitions"/":du:" literal, or a partition's hash tag spelled out
+# ("t:{p3.0}:events", f":{{{tag}}}:gen").
 _HAND_BUILT = re.compile(
     r"""f["'][^"'\n]*\{[\w.\[\]"']*prefix[\w.\[\]"']*\}:"""
     r"""|prefix\s*\+\s*["']:"""
-    r"""|["'](?::events|:revocations|:epoch|:gen|:fence)["']"""
+    r"""|["'](?::events|:revocations|:partitions|:epoch|:gen|:fence|:exp)["']"""
     r"""|["'][^"'\n]*:(?:du|ds|dj|exp|s|u):\{?["']"""
+    r"""|["'][^"'\n]*\{p\d+\.\d+\}"""
+    r"""|["'][^"'\n]*:\{\{\{[\w.]*tag\w*\}\}\}:"""
 )
 _ALLOWED = {
     "service/keyspace.py",
@@ -200,6 +251,16 @@ def test_the_hand_built_check_sees_the_usual_spellings() -> None:
         'f"{self.prefix}:oidc:state:{digest}"',
         'stream = prefix + ":events"',
         'name = ":revocations"',
+        'layout = prefix + ":partitions"',
+        'await redis.get(f"{prefix}:{{{tag}}}:epoch")',
+        'stream = f":{{{part.tag}}}:events"',
+        'key = "tokend:{p3.0}:events"',
+        'key = "t:{p0.12}:s:" + sid',
     ):
         assert _HAND_BUILT.search(line), line
-    assert not _HAND_BUILT.search("keys = Keyspace(prefix).events")
+    for line in (
+        "keys = Keyspace(prefix).of(uid).events",
+        "stream = Keyspace(prefix, 16).partition(3).events",
+        "layout = ClientKeys(prefix).layout",
+    ):
+        assert not _HAND_BUILT.search(line), line

@@ -15,6 +15,7 @@ import redis.asyncio as aioredis
 from service.clock import FrozenClock
 from service.keyspace import Keyspace
 from tests.support import bearer, login, register, unverified
+from tests.support.redisdata import mark_fresh, stream_entries
 
 READY_TIMEOUT = 10
 
@@ -28,9 +29,10 @@ async def eventually(predicate: Callable[[], bool], timeout: float = 10) -> None
 
 
 async def mark_like_tokend(client: aioredis.Redis, prefix: str) -> None:
-    """Set the epoch marker as a starting tokend does (service/fence.py): a listener is not
-    ready on a Redis without one. Tests with a real tokend get it from tokend itself."""
-    await client.set(Keyspace(prefix).epoch, 1, nx=True)
+    """Set the partition count and every partition's epoch marker as a starting tokend
+    does (service/fence.py): a listener is not ready on a Redis without them. Tests with
+    a real tokend get them from tokend itself."""
+    await mark_fresh(client, prefix)
 
 
 async def ready(listener: Any) -> Any:
@@ -147,12 +149,16 @@ async def test_each_event_is_applied_once(
     await mark_like_tokend(redis_client, redis_prefix)
     listener = await ready(await make_listener())
     now = time.time()
+    # (the users live in different partitions: each event goes to its user's stream)
+    assert len({Keyspace(redis_prefix).of(u).index for u in ("u1", "u2", "u3", "u4")}) > 1
     ids = [
         await emit_revocation("session.revoked", sub="u1", sid="s1", at=now),
         await emit_revocation("user.revoked", sub="u2", at=now),
         await emit_revocation("token.revoked", sub="u3", sid="s3", jti="j3", at=now),
-        await emit_revocation("session.expired", sub="u4", sid="s4", at=now),
     ]
+    await eventually(lambda: sum(listener.applied.values()) == 3)
+    # the last one alone, so it is the last applied whatever the wake-ups coalesced
+    ids.append(await emit_revocation("session.expired", sub="u4", sid="s4", at=now))
     await eventually(lambda: sum(listener.applied.values()) == 4)
     probes = [
         {"sid": "s1", "sub": "x", "jti": "x", "iat": int(now)},
@@ -166,21 +172,27 @@ async def test_each_event_is_applied_once(
     assert [listener.is_revoked(p) for p in probes] == expected
     before = (dict(listener.applied), listener.deny_list_size, listener.last_id)
     assert before[2] == ids[-1]
-    # the same messages delivered again only wake the listener up: the stream has
-    # nothing after the last applied id, so nothing changes
+    positions = dict(listener._last_id)
+    # the same messages delivered again (each on its partition's channel) only wake the
+    # listener up: no stream has anything after its last applied id, so nothing changes
     wakeups = listener.wakeups
-    entries = await redis_client.xrange(Keyspace(listener.prefix).events)
-    for entry_id, fields in entries:
-        await redis_client.publish(listener.channel, fields["event"][:-1] + f',"id":"{entry_id}"}}')
+    entries = await stream_entries(redis_client, listener.prefix)
+    assert [entry_id for _, entry_id, _ in entries] == ids
+    keys = Keyspace(listener.prefix)
+    for part, entry_id, fields in entries:
+        payload = fields["event"][:-1] + f',"id":"{entry_id}"}}'
+        await redis_client.publish(keys.partition(part).events, payload)
     await eventually(lambda: listener.wakeups == wakeups + 4)
     assert (dict(listener.applied), listener.deny_list_size, listener.last_id) == before
+    assert listener._last_id == positions
     assert [listener.is_revoked(p) for p in probes] == expected
     assert listener.skipped == 0
     assert sample(listener, "tokend_listener_events_applied_total", {"type": "user.revoked"}) == 1
     # and a reconnect replays from the last id: nothing is applied twice
     await kill_listener_connection(redis_client, listener)
     await eventually(lambda: listener.replays == 2)
-    assert (dict(listener.applied), listener.deny_list_size, listener.last_id) == before
+    assert (dict(listener.applied), listener.deny_list_size) == before[:2]
+    assert listener._last_id == positions
 
 
 async def test_entries_are_dropped_after_until(
@@ -212,7 +224,8 @@ async def test_entries_are_dropped_after_until(
     # an event replayed after its until denies nothing but still counts as applied
     late = await ready(await make_listener(clock=clock))
     assert late.deny_list_size == 0
-    assert sum(late.applied.values()) == 3 and late.last_id == listener.last_id
+    # (it replayed every partition's stream to the same entry)
+    assert sum(late.applied.values()) == 3 and late._last_id == listener._last_id
 
 
 async def kill_listener_connection(redis_client: aioredis.Redis, listener: Any) -> None:
@@ -236,7 +249,8 @@ async def test_killed_connection_reconnects_and_replays_what_it_missed(
     for tokens in sessions[:3]:
         resp = await tokend.post("/auth/logout", headers=bearer(tokens["access_token"]))
         assert resp.status == 204
-    await eventually(lambda: listener.applied["session.revoked"] == 3)
+    # (the replay reads one partition after another: wait for all of it)
+    await eventually(lambda: listener.applied["session.revoked"] == 3 and listener.replays == 2)
     assert [listener.is_revoked(claims_of(t)) for t in sessions] == [True, True, True, False]
     assert listener.reconnects == 1 and listener.replays == 2
     # they came from the stream, not the channel: the channel lost them
@@ -267,11 +281,19 @@ async def test_redis_restart_backs_off_reconnects_and_follows_again(
         await asyncio.to_thread(private_redis.start)  # empty: the stream starts afresh
         await client.aclose()
         client = aioredis.Redis.from_url(private_redis.url, decode_responses=True)
-        # the epoch marker is gone with the data: not trusted until tokend has fenced it
+        # the partition count and epoch markers are gone with the data: not trusted
+        # until tokend has fenced it
         await asyncio.sleep(0.5)
         assert not listener.ready and sample(listener, "tokend_listener_connected") == 0
-        # what tokend's fence does (with all.revoked)
-        await client.set(Keyspace(redis_prefix).epoch, 2)
+        # what tokend's fence does (with all.revoked): the layout first, still not
+        # trusted while the partitions' epochs are missing ...
+        keys = Keyspace(redis_prefix)
+        await client.set(keys.layout, len(keys.all))
+        await asyncio.sleep(0.5)
+        assert not listener.ready and sample(listener, "tokend_listener_connected") == 0
+        # ... then every partition fenced as epoch 2
+        for part in keys.all:
+            await client.set(part.epoch, 2)
         await eventually(lambda: listener.ready)
         await eventually(lambda: sample(listener, "tokend_listener_connected") == 1)
         await emit_revocation("session.revoked", sub="u", sid="after", client=client)
@@ -300,8 +322,12 @@ async def test_channel_messages_are_only_wake_ups(
             "id": "1-1",
         }
     )
-    for payload in ("not json", '{"v": 1, "type": "session.revoked"}', forged):
-        await redis_client.publish(listener.channel, payload)
+    keys = Keyspace(redis_prefix)
+    channels = [keys.of("u").events, keys.partition(0).events, keys.partition(15).events]
+    for payload, channel in zip(
+        ("not json", '{"v": 1, "type": "session.revoked"}', forged), channels, strict=True
+    ):
+        await redis_client.publish(channel, payload)
     await eventually(lambda: listener.wakeups == 3)
     assert sum(listener.applied.values()) == 0 and listener.invalid == 0
     assert not listener.is_revoked({"sid": "s", "sub": "u", "jti": "j", "iat": int(now)})
@@ -312,9 +338,11 @@ async def test_invalid_stream_entries_are_counted_and_ignored(
 ) -> None:
     await mark_like_tokend(redis_client, redis_prefix)
     listener = await ready(await make_listener())
-    for payload in ("not json", '{"v": 1, "type": "session.revoked"}', '{"v": 2}'):
-        await redis_client.xadd(Keyspace(redis_prefix).events, {"event": payload})
-        await redis_client.publish(listener.channel, "wake up")
+    keys = Keyspace(redis_prefix)
+    for i, payload in enumerate(("not json", '{"v": 1, "type": "session.revoked"}', '{"v": 2}')):
+        stream = keys.partition(i).events  # the channel of each stream has its name
+        await redis_client.xadd(stream, {"event": payload})
+        await redis_client.publish(stream, "wake up")
     await eventually(lambda: listener.invalid == 3)
     assert sum(listener.applied.values()) == 0
     assert sample(listener, "tokend_listener_events_invalid_total") == 3

@@ -23,10 +23,11 @@ from service.http.appkeys import KEYRING, SETTINGS
 from service.keys import SqlKeyStore
 from service.keyspace import Keyspace
 from service.redisconn import make_redis
-from service.sessions import EXPIRY_SHARDS, SessionStore
+from service.sessions import SessionStore
 from service.tokens import new_id
 from tests.conftest import FAST_ARGON2, REDIS_URL, TEST_KEK
 from tests.support import bearer, register_and_login, unverified
+from tests.support.redisdata import stream_events
 from tokend_client._redis import RedisTarget
 from workers.expiry import ExpiryWorker
 from workers.rotation import KeyRotationWorker, rotate_and_announce
@@ -34,15 +35,9 @@ from workers.rotation import KeyRotationWorker, rotate_and_announce
 TOKEND = str(Path(sys.executable).with_name("tokend"))
 
 
-async def stream_events(redis_client: Any, prefix: str) -> list[dict[str, Any]]:
-    return [
-        {**json.loads(f["event"]), "id": entry_id}
-        for entry_id, f in await redis_client.xrange(Keyspace(prefix).events)
-    ]
-
-
 async def index_size(redis_client: Any, prefix: str) -> int:
-    sizes = [await redis_client.zcard(Keyspace(prefix).expiry(n)) for n in range(EXPIRY_SHARDS)]
+    """Members of every partition's expiry index."""
+    sizes = [await redis_client.zcard(p.expiry) for p in Keyspace(prefix).all]
     return sum(sizes)
 
 
@@ -66,7 +61,7 @@ async def test_expiry_sweeps_only_due_sessions_once(make_settings, redis_client)
                 sid=sid, uid="u-young", jti=new_id(), now=clock(), checked_at=clock()
             )
         revoked = old[0]
-        await store.revoke(sid=revoked, now=clock(), reason="logout")
+        await store.revoke(sid=revoked, now=clock(), reason="logout", owner="u-old")
         worker = ExpiryWorker(sessions=store, clock=clock, batch=7)
         assert await worker.step() == 0  # nothing is due yet
         clock.advance(51)  # the old ones are past their idle deadline, the young are not
@@ -80,10 +75,11 @@ async def test_expiry_sweeps_only_due_sessions_once(make_settings, redis_client)
         assert {e["reason"] for e in expired} == {"idle_timeout"}
         assert all(e["until"] == e["at"] and e["sub"] == "u-old" for e in expired)
         for sid in old:
-            assert await store.get(sid) is None
+            assert await store.get("u-old", sid) is None
         for sid in young:
-            assert await store.get(sid) is not None
-        assert await redis_client.zcard(Keyspace(settings.redis_prefix).user_index("u-old")) == 0
+            assert await store.get("u-young", sid) is not None
+        old_index = Keyspace(settings.redis_prefix).of("u-old").user_index("u-old")
+        assert await redis_client.zcard(old_index) == 0
         assert await index_size(redis_client, settings.redis_prefix) == 10
         assert await worker.step() == 0
     finally:
@@ -104,7 +100,7 @@ async def test_refreshed_session_is_not_expired(make_settings, redis_client) -> 
         ).status == ("rotated")
         clock.advance(20)  # past the first idle deadline, within the moved one
         assert await ExpiryWorker(sessions=store, clock=clock).step() == 0
-        assert await store.get(sid) is not None
+        assert await store.get("u", sid) is not None
         clock.advance(100)
         assert await ExpiryWorker(sessions=store, clock=clock).step() == 1
     finally:
@@ -328,10 +324,12 @@ async def test_event_schema_and_stream_trimming(client, redis_client) -> None:
     settings = client.app[SETTINGS]
     retention = settings.access_ttl + settings.leeway + 300
     stale_ms = int((time.time() - retention - 60) * 1000)
-    await redis_client.xadd(Keyspace(prefix).events, {"event": "{}"}, id=f"{stale_ms}-0")
     tokens = await register_and_login(client)
+    # the logout goes to the user's partition's stream; its channel has the same name
+    stream = Keyspace(prefix).of(unverified(tokens["access_token"])[1]["sub"]).events
+    await redis_client.xadd(stream, {"event": "{}"}, id=f"{stale_ms}-0")
     async with redis_client.pubsub() as pubsub:
-        await pubsub.subscribe(Keyspace(prefix).channel)
+        await pubsub.subscribe(stream)
         await pubsub.get_message(timeout=1)
         resp = await client.post("/auth/logout", headers=bearer(tokens["access_token"]))
         assert resp.status == 204
@@ -342,7 +340,7 @@ async def test_event_schema_and_stream_trimming(client, redis_client) -> None:
                 break
     assert message is not None
     published = json.loads(message["data"])
-    entries = await redis_client.xrange(Keyspace(prefix).events)
+    entries = await redis_client.xrange(stream)
     assert len(entries) == 1  # the stale entry was trimmed by MINID
     entry_id, fields = entries[0]
     stored = json.loads(fields["event"])
