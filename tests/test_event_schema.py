@@ -15,6 +15,7 @@ from service.fence import RedisFence
 from service.keyspace import Keyspace
 from service.sessions import SessionStore
 from tokend_client._denylist import DenyList
+from tests.support.redisdata import stream_entries
 from tokend_client._events import problem
 
 
@@ -88,17 +89,19 @@ async def test_every_emitter_writes_what_the_client_accepts_and_applies(
     )  # fmt: skip
     assert not (await short.create(sid="abs", uid="u8", jti="j", now=now, checked_at=now)).refused
     swept = 0
-    for shard in range(16):  # swept on a clock ahead of Redis's: the hashes are still there
-        swept += await store.sweep_expired(shard=shard, now=now + 150, batch=10)
+    for part in range(16):  # swept on a clock ahead of Redis's: the hashes are still there
+        swept += await store.sweep_expired(partition=part, now=now + 150, batch=10)
     assert swept == 3  # idle, abs and the kept session of u4
     await store.publish(events.key_rotated(reason="manual", at=now, kid="k1", activates_at=now))
-    # a Redis that lost its data: the fence announces all.revoked
-    await redis_client.delete(keys.epoch, keys.gen)
-    await fence.recover()
+    # a Redis partition that lost its data: the fence announces all.revoked for it
+    lost = keys.of("u9")
+    other = next(u for u in (f"v{n}" for n in range(100)) if keys.of(u) != lost)
+    await redis_client.delete(lost.epoch, lost.gen)
+    await fence.recover(lost.index)
     await asyncio.sleep(0)
 
-    entries = await redis_client.xrange(keys.events)
-    seen = [json.loads(fields["event"]) for _, fields in entries]
+    entries = await stream_entries(redis_client, redis_prefix)
+    seen = [json.loads(fields["event"]) for _, _, fields in entries]
     pairs = {(e["type"], e["reason"]) for e in seen}
     assert pairs >= {
         ("session.revoked", "logout"),
@@ -117,6 +120,7 @@ async def test_every_emitter_writes_what_the_client_accepts_and_applies(
         ("all.revoked", "redis_data_loss"),
     }, pairs
     deny = DenyList(clock=lambda: now)
+    deny.partitions = len(keys.all)  # as the listener sets it
     for event in seen:
         _fits_schema(event)
         if event["type"] != "all.revoked":
@@ -128,10 +132,13 @@ async def test_every_emitter_writes_what_the_client_accepts_and_applies(
     assert deny.is_revoked({"sid": "z", "sub": "u9", "iat": int(now) + 1, "jti": "at-1"})
     assert deny.is_revoked({"sid": "z", "sub": "u3", "iat": int(now), "auth_time": now})
     assert not deny.is_revoked({"sid": "kept", "sub": "u4", "iat": int(now), "auth_time": now})
-    # all.revoked: every token issued up to the fence
+    # all.revoked: every token of the partition's users issued up to the fence
     fenced = next(e for e in seen if e["type"] == "all.revoked")
+    assert fenced["partition"] == lost.index
+    assert not deny.is_revoked({"sid": "z", "sub": "u9", "iat": int(now), "jti": "b"})
     deny.add("all.revoked", fenced, float(fenced["at"]), float(fenced["until"]))
     assert deny.is_revoked({"sid": "z", "sub": "u9", "iat": int(now), "jti": "b"})
+    assert not deny.is_revoked({"sid": "z", "sub": other, "iat": int(now), "jti": "b"})
 
 
 def test_the_client_refuses_events_off_the_schema() -> None:

@@ -1,7 +1,8 @@
-"""Forged messages on ``<prefix>:revocations`` and ``tokend events tail``: anyone who may
-PUBLISH on the channel must not be able to make the tail show an event that tokend never
-wrote. The tail follows the stream ``<prefix>:events``; every line it prints is a stream
-entry (its v1 event with its stream ``id``).
+"""Forged messages on the partitions' channels and ``tokend events tail``: anyone who may
+PUBLISH on a channel must not be able to make the tail show an event that tokend never
+wrote. The tail follows every partition's stream ``<prefix>:{T}:events`` (each stream's
+pub/sub channel has its name); every line it prints is a stream entry (its v1 event with
+its stream ``id`` and ``partition``).
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import redis.asyncio as aioredis
 
 from service.keyspace import Keyspace
 from tests.conftest import REDIS_URL, EmitRevocation
+from tests.support.redisdata import stream_entries
 
 pytestmark = pytest.mark.security
 
@@ -59,11 +61,13 @@ def parsed(line: str) -> dict[str, Any]:
     return value if isinstance(value, dict) else {}
 
 
-async def stream_lines(redis_client: aioredis.Redis, prefix: str) -> dict[str, dict[str, Any]]:
-    """What the tail must print for each stream entry, by entry id."""
-    entries = await redis_client.xrange(Keyspace(prefix).events)
+async def stream_lines(
+    redis_client: aioredis.Redis, prefix: str
+) -> dict[tuple[int, str], dict[str, Any]]:
+    """What the tail must print for each stream entry, by partition and entry id."""
     return {
-        entry_id: {**json.loads(fields["event"]), "id": entry_id} for entry_id, fields in entries
+        (part, entry_id): {**json.loads(fields["event"]), "id": entry_id, "partition": part}
+        for part, entry_id, fields in await stream_entries(redis_client, prefix)
     }
 
 
@@ -100,17 +104,17 @@ async def test_the_tail_prints_stream_entries_only(
                     await emit_revocation("session.revoked", sub="u", sid="probe")
                     await asyncio.wait([first], timeout=0.3)
             printed.append(first.result())
-        channel = Keyspace(redis_prefix).channel
         last_real = json.loads(printed[-1])["id"]
         ms = int(last_real.partition("-")[0])
-        for payload in (
-            forged("forged-future", FAR_FUTURE_ID),
-            forged("forged-next", f"{ms + 1}-0"),
-            forged("forged-no-id", ""),
-            "not json",
-            "[1, 2]",
-        ):
-            await redis_client.publish(channel, payload)
+        for part in Keyspace(redis_prefix).all:  # on every partition's channel
+            for payload in (
+                forged("forged-future", FAR_FUTURE_ID),
+                forged("forged-next", f"{ms + 1}-0"),
+                forged("forged-no-id", ""),
+                "not json",
+                "[1, 2]",
+            ):
+                await redis_client.publish(part.events, payload)
         real = await emit_revocation("session.revoked", sub="u", sid="real")
         while parsed(printed[-1]).get("id") != real:
             printed.append(await read_line(proc))
@@ -118,7 +122,7 @@ async def test_the_tail_prints_stream_entries_only(
         for line in printed:
             shown = parsed(line)
             assert shown.get("sid") in ("before-the-tail", "probe", "real"), line
-            assert shown == expected[shown["id"]], line
+            assert shown == expected[shown["partition"], shown["id"]], line
     finally:
         proc.terminate()
         proc.wait(timeout=10)

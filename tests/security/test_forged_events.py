@@ -1,9 +1,10 @@
-"""Forged messages on ``<prefix>:revocations`` (defect 7): anyone who may PUBLISH on the
-channel must not be able to blind a subscriber or make tokend reload its keys.
+"""Forged messages on the partitions' channels ``<prefix>:{T}:events`` (defect 7): anyone
+who may PUBLISH on a channel must not be able to blind a subscriber or make tokend reload
+its keys.
 
-The channel is only a wake-up: the subscriber takes ids and events from the stream
-``<prefix>:events``, and tokend's key watcher reloads only for a ``key.rotated`` that
-really is in the stream.
+A channel is only a wake-up: the subscriber takes ids and events from the partition's
+stream of the same name, and tokend's key watcher reloads only for a ``key.rotated``
+that really is in partition 0's stream.
 """
 
 from __future__ import annotations
@@ -61,16 +62,22 @@ async def test_a_forged_future_id_does_not_hide_later_logouts(
     tokens = await login(tokend, "alice")
     claims = unverified(tokens["access_token"])[1]
 
-    # one PUBLISH, no stream entry: a forged event with an id far in the future
-    assert await redis_client.publish(listener.channel, forged_event()) >= 1
+    # a PUBLISH on every partition's channel (alice's among them), no stream entry: a
+    # forged event with an id far in the future
+    keys = Keyspace(listener.prefix)
+    for part in keys.all:
+        assert await redis_client.publish(part.events, forged_event()) >= 1
     await asyncio.sleep(0.2)  # delivered and handled (or ignored)
 
     # a real logout through tokend afterwards must still reach the deny list
     resp = await tokend.post("/auth/logout", headers=bearer(tokens["access_token"]))
     assert resp.status == 204
     await eventually(lambda: listener.is_revoked(claims))
-    top = await redis_client.xrevrange(Keyspace(listener.prefix).events, count=1)
+    own = keys.of(claims["sub"])
+    top = await redis_client.xrevrange(own.events, count=1)
     assert listener.last_id == top[0][0], "the position moved on channel data"
+    ms, _, seq = top[0][0].partition("-")
+    assert listener._last_id == {own.index: (int(ms), int(seq))}, "a position moved"
     forged = {"sid": "forged-sid", "sub": "victim", "jti": "x", "iat": int(time.time())}
     assert not listener.is_revoked(forged), "a deny entry was made from channel data"
 
@@ -82,9 +89,11 @@ async def test_a_burst_of_forged_messages_costs_few_stream_reads(
     listener = await make_listener()
     async with asyncio.timeout(10):
         await listener.wait_ready()
+    # the burst on one partition's channel: the wake-ups it causes are coalesced
+    channel = Keyspace(listener.prefix).partition(0).events
     async with redis_client.pipeline(transaction=False) as pipe:
         for i in range(1000):
-            pipe.publish(listener.channel, forged_event(sid=f"forged-{i}"))
+            pipe.publish(channel, forged_event(sid=f"forged-{i}"))
         await pipe.execute()
     await eventually(lambda: listener.wakeups == 1000)
     reads = listener.wakeup_reads
@@ -149,7 +158,9 @@ async def test_forged_key_events_do_not_reload_keys_from_sql(
     loads = await _counted_loads(tokend)
     # a real key.rotated first: an attacker may copy its id
     assert await _rotate_and_wait(tokend)
-    old_id = (await redis_client.xrevrange(Keyspace(redis_prefix).events, count=1))[0][0]
+    # key.rotated goes to partition 0's stream; the watcher listens on its channel
+    watched = Keyspace(redis_prefix).partition(0).events
+    old_id = (await redis_client.xrevrange(watched, count=1))[0][0]
     loads[0] = 0
     kinds = [
         lambda i: forged_event(type="key.rotated", id=f"{FAR_FUTURE_ID[:-2]}-{i}"),
@@ -158,7 +169,7 @@ async def test_forged_key_events_do_not_reload_keys_from_sql(
         lambda i: forged_event(type="key.rotated", id=f"{int(time.time() * 1000)}-{i}"),
     ]
     messages = [kinds[i % len(kinds)](i) for i in range(1000)]
-    await _publish_burst(redis_client, Keyspace(redis_prefix).channel, messages)
+    await _publish_burst(redis_client, watched, messages)
     # a real rotation after the burst: when it has reloaded, the burst was handled
     rotated = await _rotate_and_wait(tokend)
     # rotate_and_announce loads once itself, the watcher once for the real event
@@ -180,7 +191,9 @@ async def test_junk_on_the_channel_does_not_stop_the_key_watcher(
         '{"type": "key.rotated", "id": 12}',
         "\xff key.rotated",
     ]
-    await _publish_burst(redis_client, Keyspace(redis_prefix).channel, junk * 20)
+    # on the channel the watcher listens on (partition 0's)
+    channel = Keyspace(redis_prefix).partition(0).events
+    await _publish_burst(redis_client, channel, junk * 20)
     rotated = await _rotate_and_wait(tokend)
     assert rotated, "a real key.rotated after junk messages did not reload the keys"
     assert loads[0] <= 2

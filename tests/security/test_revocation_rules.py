@@ -5,7 +5,6 @@ reuse says which kind it was."""
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import time
 from typing import Any
@@ -17,13 +16,14 @@ from service.clock import FrozenClock
 from service.http.appkeys import AUTH, FENCE, METRICS, SETTINGS
 from service.keyspace import Keyspace
 from tests.support import bearer, login, register, unverified
+from tests.support.redisdata import stream_events
 
 pytestmark = pytest.mark.security
 
 
 async def stream(client: Any, redis_client: Any) -> list[dict[str, Any]]:
-    prefix = client.app[SETTINGS].redis_prefix
-    return [json.loads(f["event"]) for _, f in await redis_client.xrange(Keyspace(prefix).events)]
+    """Every partition's events."""
+    return await stream_events(redis_client, client.app[SETTINGS].redis_prefix)
 
 
 async def eventually(predicate: Any, timeout: float = 10) -> None:
@@ -65,18 +65,29 @@ async def test_a_token_from_a_process_whose_clock_runs_ahead_is_denied_by_logout
 # --- a rolled-back Redis is caught by revocations ------------------------------------
 
 
-async def _rolled_back(client: Any, redis_client: Any) -> str:
-    """A user with rotated sessions, the position checkpointed, then Redis set back two
-    writes (a replica promoted a little behind, a restore from a slightly older copy)."""
+async def _rolled_back(client: Any, redis_client: Any) -> int:
+    """A user with rotated sessions, the position checkpointed, then the user's partition
+    set back two writes (a replica promoted a little behind, a restore from a slightly
+    older copy); the partition's index."""
     prefix = client.app[SETTINGS].redis_prefix
     await register(client, "alice")
-    for tokens in [await login(client, "alice") for _ in range(3)]:  # rotations raise gen
+    logins = [await login(client, "alice") for _ in range(3)]
+    for tokens in logins:  # rotations raise gen
         assert (await client.post("/auth/refresh", headers=bearer(tokens["refresh_token"]))).ok
+    part = Keyspace(prefix).of(unverified(logins[0]["access_token"])[1]["sub"])
     fence = client.app[FENCE]
     await fence.checkpoint()
-    assert fence.known is not None
-    await redis_client.set(Keyspace(prefix).gen, fence.known.gen - 2)
-    return prefix
+    known = fence.known.get(part.index)
+    assert known is not None
+    await redis_client.set(part.gen, known.gen - 2)
+    return part.index
+
+
+def users_of(client: Any, part: int, count: int) -> list[str]:
+    """``count`` user ids that live in partition ``part``."""
+    keys = Keyspace(client.app[SETTINGS].redis_prefix)
+    found = [u for u in (f"u{n}" for n in range(10_000)) if keys.of(u).index == part]
+    return found[:count]
 
 
 @pytest.mark.parametrize("revocation", ["session", "user", "token"])
@@ -88,19 +99,21 @@ async def test_revocations_on_a_rolled_back_redis_fence_it_first(
     a check, so a few of them carried gen past the known position and the rollback went
     unnoticed by every process; now the first one fences."""
     client = await make_client()
-    await _rolled_back(client, redis_client)
+    part = await _rolled_back(client, redis_client)
     sessions, now = client.app[AUTH].sessions, time.time()
+    # revocations of users who live in the rolled-back partition
+    users = users_of(client, part, 3)
     for n in range(3):
         if revocation == "session":
-            await sessions.revoke(sid=f"s{n}", now=now, reason="logout", owner="u", force=True)
+            await sessions.revoke(sid=f"s{n}", now=now, reason="logout", owner=users[0], force=True)
         elif revocation == "user":
-            await sessions.revoke_user(uid=f"u{n}", now=now, reason="admin_revoke")
+            await sessions.revoke_user(uid=users[n], now=now, reason="admin_revoke")
         else:
             await sessions.revoke_access_token(
-                jti=f"j{n}", sub="u", sid="s", exp=now + 60, now=now, reason="revoked"
+                jti=f"j{n}", sub=users[0], sid="s", exp=now + 60, now=now, reason="revoked"
             )
     fences = [e for e in await stream(client, redis_client) if e["type"] == "all.revoked"]
-    assert [e["reason"] for e in fences] == ["redis_rollback"]
+    assert [(e["reason"], e["partition"]) for e in fences] == [("redis_rollback", part)]
 
 
 async def test_tokend_users_disable_on_a_rolled_back_redis_fences_it(
@@ -108,10 +121,10 @@ async def test_tokend_users_disable_on_a_rolled_back_redis_fences_it(
 ) -> None:
     """The command line checks the position recorded in SQL before it revokes."""
     client = await make_client()
-    await _rolled_back(client, redis_client)
+    part = await _rolled_back(client, redis_client)
     await disable_user_cli(client.app[SETTINGS], "alice")
     fences = [e for e in await stream(client, redis_client) if e["type"] == "all.revoked"]
-    assert [e["reason"] for e in fences] == ["redis_rollback"]
+    assert [(e["reason"], e["partition"]) for e in fences] == [("redis_rollback", part)]
 
 
 # --- a kept session that an earlier revocation ended stays ended ---------------------

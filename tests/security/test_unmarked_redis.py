@@ -1,9 +1,11 @@
 """A subscriber must not trust a Redis that tokend has not marked (defect 8).
 
-tokend keeps ``<prefix>:epoch`` in Redis (service/fence.py): set when it first starts on
-a Redis, replaced by a fence after data loss. A Redis without it is new or lost its
+tokend keeps ``<prefix>:partitions`` (the partition count) and each partition's
+``<prefix>:{T}:epoch`` in Redis (service/fence.py): set when it first starts on a Redis,
+the epochs replaced by a fence after data loss. A Redis without them is new or lost its
 data; a freshly started ``RevocationListener`` cannot tell which, so it stays not ready
-(its middleware answers 503 with ``Retry-After``) until tokend has marked or fenced it.
+(its middleware answers 503 with ``Retry-After``) until tokend has marked or fenced every
+partition.
 """
 
 from __future__ import annotations
@@ -72,7 +74,16 @@ async def test_not_ready_until_tokend_has_marked_the_redis(
     assert resp.headers["Retry-After"] == "1"
     assert (await resp.json())["error"] == "temporarily_unavailable"
 
-    await redis_client.set(Keyspace(unmarked_prefix).epoch, 1, nx=True)  # what tokend does
+    # what tokend does: the layout first (still not trusted without the epochs) ...
+    keys = Keyspace(unmarked_prefix)
+    await redis_client.set(keys.layout, len(keys.all), nx=True)
+    await asyncio.sleep(1.0)
+    assert not listener.ready, "ready on a Redis without tokend's epoch markers"
+    resp = await service.get("/protected", headers=bearer(tokens["access_token"]))
+    assert resp.status == 503
+    # ... then every partition's epoch
+    for part in keys.all:
+        await redis_client.set(part.epoch, 1, nx=True)
     async with asyncio.timeout(5):
         await listener.wait_ready()
     assert listener.ready
@@ -86,7 +97,9 @@ async def test_a_tokend_deployment_marks_its_redis(
     """The fixtures' real app (tokend's start-up fence) sets the marker: subscribers get
     ready at once and let valid tokens through."""
     tokend = await make_client()
-    assert await redis_client.get(Keyspace(redis_prefix).epoch) == "1"
+    keys = Keyspace(redis_prefix)
+    assert await redis_client.get(keys.layout) == str(len(keys.all))
+    assert [await redis_client.get(p.epoch) for p in keys.all] == ["1"] * len(keys.all)
     listener = RevocationListener(REDIS_URL, prefix=redis_prefix)
     started = time.monotonic()
     service = await protected(aiohttp_client, tokend, listener)
@@ -102,12 +115,13 @@ async def test_a_fresh_listener_after_data_loss_waits_for_tokends_fence(
     make_client, private_redis
 ) -> None:
     """Redis restarts empty; a subscriber starting right then must not be ready before
-    tokend has fenced the Redis, and once ready it denies the tokens from before."""
+    tokend has fenced the Redis (every partition: tokend knew each one's position), and
+    once ready it denies the tokens from before."""
     tokend = await make_client(TOKEND_REDIS_URL=private_redis.url)
     tokens = await register_and_login(tokend)
     claims = unverified(tokens["access_token"])[1]
     private_redis.kill()
-    await asyncio.to_thread(private_redis.start)  # empty, no epoch marker
+    await asyncio.to_thread(private_redis.start)  # empty: no layout, no epoch markers
     listener = RevocationListener(
         private_redis.url,
         prefix=tokend.server.app[SETTINGS].redis_prefix,
@@ -116,10 +130,14 @@ async def test_a_fresh_listener_after_data_loss_waits_for_tokends_fence(
     )
     await listener.start()
     try:
-        async with asyncio.timeout(15):
+        # (a hang guard: tokend fences the partitions one after another, each waiting for
+        # the second to turn, so 16 partitions take about 16 s)
+        async with asyncio.timeout(45):
             while not listener.ready:
                 await asyncio.sleep(0.001)
         assert listener.is_revoked(claims), "ready before tokend fenced the emptied Redis"
-        assert listener.applied["all.revoked"] == 1
+        partitions = len(Keyspace(listener.prefix).all)
+        assert listener.applied["all.revoked"] == partitions  # one fence per partition
+        assert set(listener.deny_list.fenced) == set(range(partitions))
     finally:
         await listener.close()
