@@ -5,7 +5,6 @@ tokend and at the subscriber library, and a consumed refresh token never comes b
 from __future__ import annotations
 
 import asyncio
-import json
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -19,6 +18,7 @@ from service.auth import ClientInfo
 from service.http.appkeys import AUTH, FENCE, SETTINGS
 from service.keyspace import Keyspace
 from tests.support import RedisServer, bearer, login, register, unverified
+from tests.support.redisdata import stream_events
 
 pytestmark = pytest.mark.security
 
@@ -63,12 +63,27 @@ async def me_status(client: Any, token: str) -> int:
 
 
 async def events(url: str, prefix: str) -> list[dict[str, Any]]:
+    """Every partition's events (each with its ``partition``)."""
     admin = aioredis.Redis.from_url(url, decode_responses=True)
     try:
-        entries = await admin.xrange(Keyspace(prefix).events)
+        return await stream_events(admin, prefix)
     finally:
         await admin.aclose()
-    return [json.loads(fields["event"]) for _, fields in entries]
+
+
+async def fences_of(url: str, prefix: str) -> dict[int, list[str]]:
+    """The reasons of the all.revoked events, by partition."""
+    found: dict[int, list[str]] = {}
+    for e in await events(url, prefix):
+        if e["type"] == "all.revoked":
+            found.setdefault(e["partition"], []).append(e["reason"])
+    return found
+
+
+# A loss of everything fences every partition tokend knew a position of: all of them
+# once tokend has started (it checks every partition at start). The fences run one
+# after the other, each waiting for the second to turn: give them time.
+FENCE_ALL_TIMEOUT = 45
 
 
 # --- kill -9 during 500 concurrent refreshes -------------------------------------------------
@@ -144,7 +159,7 @@ async def test_kill_9_during_500_concurrent_refreshes(
     prefix = client.app[SETTINGS].redis_prefix
     try:
         for i, pair in enumerate(pairs):
-            state = await admin.hgetall(Keyspace(prefix).session(pair.sid))
+            state = await admin.hgetall(Keyspace(prefix).of(user.id).session(pair.sid))
             if persistence == "none":
                 assert state == {}
                 continue
@@ -164,8 +179,18 @@ async def test_kill_9_during_500_concurrent_refreshes(
     fresh = await login(client, "alice")
     assert await me_status(client, fresh["access_token"]) == 200
     assert await refresh_status(client, fresh["refresh_token"]) == 200
-    # the fence fired only when the data was really gone
-    assert client.app[FENCE].fences == (1 if persistence == "none" else 0)
+    # the fence fired only when the data was really gone: then once for every partition
+    # (all of them had a known position), alice's first
+    fence = client.app[FENCE]
+    if persistence == "none":
+        partitions = len(Keyspace(prefix).all)
+        await eventually(lambda: fence.fences >= partitions, timeout=FENCE_ALL_TIMEOUT)
+        fenced = await fences_of(server.url, prefix)
+        assert fenced == {n: ["redis_data_loss"] for n in range(partitions)}
+        assert fence.fences == partitions
+    else:
+        assert fence.fences == 0
+        assert await fences_of(server.url, prefix) == {}
 
 
 # --- restart without data --------------------------------------------------------------------
@@ -199,10 +224,20 @@ async def test_restart_without_data_fails_closed_everywhere(
     # before the loss: their sessions' state is gone)
     assert await me_status(client, revoked["access_token"]) == 401
     assert await me_status(client, other["access_token"]) == 401
-    fences = [e for e in await events(server.url, prefix) if e["type"] == "all.revoked"]
-    assert [e["reason"] for e in fences] == ["redis_data_loss"]
-    # ... and at a subscriber that was running
-    await eventually(lambda: running.ready and running.applied["all.revoked"] == 1)
+    # alice's partition was fenced at once (by her requests), once
+    own = Keyspace(prefix).of(claims(revoked)["sub"]).index
+    assert (await fences_of(server.url, prefix))[own] == ["redis_data_loss"]
+    # every partition is fenced, each once
+    partitions = len(Keyspace(prefix).all)
+    fence = client.app[FENCE]
+    await eventually(lambda: fence.fences >= partitions, timeout=FENCE_ALL_TIMEOUT)
+    fenced = await fences_of(server.url, prefix)
+    assert fenced == {n: ["redis_data_loss"] for n in range(partitions)}
+    # ... and at a subscriber that was running (ready once every partition is fenced)
+    await eventually(
+        lambda: running.ready and running.applied["all.revoked"] == partitions,
+        timeout=FENCE_ALL_TIMEOUT,
+    )
     assert running.is_revoked(claims(revoked)) and running.is_revoked(claims(other))
     # ... and at one started after the loss
     late = await make_listener(server.url)
@@ -233,11 +268,13 @@ async def test_a_subscriber_holds_back_until_tokend_has_fenced(
     await asyncio.to_thread(server.start)
     await eventually(lambda: listener.reconnects >= 3)
     assert not listener.ready
-    # tokend comes back, notices the loss from its SQL mark, fences; the listener follows
+    # tokend comes back, notices the loss of every partition from its SQL marks, fences
+    # each; the listener follows
     again = await make_client(settings=client.app[SETTINGS])
-    await eventually(lambda: listener.ready)
-    assert listener.applied["all.revoked"] == 1
-    assert again.app[FENCE].fences == 1
+    partitions = len(Keyspace(listener.prefix).all)
+    await eventually(lambda: listener.ready, timeout=FENCE_ALL_TIMEOUT)
+    assert listener.applied["all.revoked"] == partitions
+    assert again.app[FENCE].fences == partitions
 
 
 # --- restored from an older snapshot ---------------------------------------------------------
@@ -272,9 +309,10 @@ async def _assert_fenced(client: Any, server: RedisServer, t: dict[str, Any]) ->
     # the logout that the snapshot does not contain still holds
     assert await me_status(client, t["other"]["access_token"]) == 401
     assert await refresh_status(client, t["other"]["refresh_token"]) == 401
+    # only alice's partition went back (nothing else was written after the snapshot)
     prefix = client.app[SETTINGS].redis_prefix
-    fences = [e for e in await events(server.url, prefix) if e["type"] == "all.revoked"]
-    assert [e["reason"] for e in fences] == ["redis_rollback"]
+    own = Keyspace(prefix).of(unverified(t["victim"]["access_token"])[1]["sub"]).index
+    assert await fences_of(server.url, prefix) == {own: ["redis_rollback"]}
     # and tokend carries on: a new login works
     fresh = await login(client, "alice")
     assert await me_status(client, fresh["access_token"]) == 200
