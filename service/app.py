@@ -119,7 +119,9 @@ def setup_keys(app: web.Application, settings: Settings, kek: bytes) -> None:
         subscriber = make_redis(settings.redis, pool_size=2, pool_timeout=5.0)
         tasks = [
             asyncio.create_task(_reload_keys(store, ring)),
-            asyncio.create_task(_watch_key_events(subscriber, settings.redis_prefix, store, ring)),
+            asyncio.create_task(
+                _watch_key_events(subscriber, settings, store, ring), name="tokend-key-events"
+            ),
         ]
         yield
         await stop_tasks(tasks)
@@ -142,7 +144,9 @@ MAX_KEY_EVENT = 4096
 StreamId = tuple[int, int]
 
 
-async def _watch_key_events(redis: Redis, prefix: str, store: SqlKeyStore, ring: KeyRing) -> None:
+async def _watch_key_events(
+    redis: Redis, settings: Settings, store: SqlKeyStore, ring: KeyRing
+) -> None:
     """Reload the key ring as soon as a worker announces key.rotated.
 
     The channel is not trusted (anyone who may PUBLISH can write to it): a message only
@@ -150,15 +154,17 @@ async def _watch_key_events(redis: Redis, prefix: str, store: SqlKeyStore, ring:
     stream, is a key.rotated, and is newer than the last one reloaded for. Junk and
     forged messages cost at most one XRANGE each, never a SQL query.
     """
-    # key.rotated goes to partition 0, whose stream's name is also its channel's
-    stream = Keyspace(prefix).partition(0).events
+    # key.rotated goes to partition 0, whose stream's name is also its channel's; the
+    # subscription is a plain connection (on a cluster: to any node, see RedisTarget)
+    stream = Keyspace(settings.redis_prefix, settings.redis_partitions).partition(0).events
     channel = stream
     backoff = 0.5
     last: StreamId | None = None
     subscribed_before = False
     while True:
         try:
-            async with redis.pubsub(ignore_subscribe_messages=True) as pubsub:
+            listening = await settings.redis.subscriber(socket_connect_timeout=2)
+            async with listening, listening.pubsub(ignore_subscribe_messages=True) as pubsub:
                 await pubsub.subscribe(channel)
                 # Rotations before now are in the keys already loaded: only a newer entry
                 # is worth a reload. After a lost subscription, reload once for any missed.

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import logging
 from collections.abc import Iterator
 
 import redis.asyncio as aioredis
@@ -15,6 +16,8 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from tokend_client._redis import RedisTarget
 
 from .errors import Unavailable
+
+log = logging.getLogger("tokend.redis")
 
 
 def make_redis(target: RedisTarget, *, pool_size: int, pool_timeout: float) -> aioredis.Redis:
@@ -38,10 +41,18 @@ def make_redis(target: RedisTarget, *, pool_size: int, pool_timeout: float) -> a
 
 @contextlib.contextmanager
 def redis_errors() -> Iterator[None]:
-    """Turn any redis-py failure (down, timeout, pool exhausted) into Unavailable."""
+    """Turn any redis-py failure (down, timeout, pool exhausted) into Unavailable.
+
+    Inside this block only redis-py runs; during a cluster failover its asyncio cluster
+    client has been seen failing with AttributeError (a connection closed while another
+    task was connecting it). Any such failure is a store fault too: logged with its
+    traceback and answered 503, never 500."""
     try:
         yield
     except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
         raise Unavailable("session store unavailable") from exc
     except RedisError as exc:
         raise Unavailable("session store error") from exc
+    except (AttributeError, TypeError, KeyError, IndexError) as exc:
+        log.warning("redis client failed: %r", exc, exc_info=True)
+        raise Unavailable("session store client error") from exc

@@ -1,0 +1,256 @@
+"""A Redis primary's death under refresh load (Redis Cluster and Sentinel).
+
+Each test builds its own topology (tests/support/topology*.py), runs tokend on it with
+TOKEND_REDIS_REPLICA_ACKS=1, keeps every user refreshing in a loop, and `kill -9`s a
+primary: on the cluster the one holding most of tokend's keys, under Sentinel the
+primary. It then checks what an operator is promised (README, "Scaling out"):
+
+- no 500 at any time; a request that cannot be served gets 503 with Retry-After;
+- refreshes resume once the replica is promoted;
+- nobody who did not log out is logged out: every user's newest refresh token works
+  afterwards, no fence (no ``all.revoked``), no reuse detection; a rotation the
+  replica did not get is rolled forward, not taken for reuse;
+- every logout answered 204 before the kill stays refused at tokend (refresh and
+  /auth/me) and at a subscriber.
+
+The counts are printed (``pytest -s``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import shutil
+import subprocess
+import time
+from collections.abc import Iterator
+from collections import Counter
+from typing import Any
+
+import pytest
+
+from service.http.appkeys import FENCE, METRICS
+from tests.support import bearer, me, register_and_login, unverified
+from tokend_client import RevocationListener
+
+IPTABLES = shutil.which("iptables") or "iptables"
+USERS = 24
+LOGGED_OUT = 6
+BEFORE_KILL = 1.0
+AFTER_FAILOVER = 3.0
+
+
+class Load:
+    """Every user refreshing in a loop, counting what came back."""
+
+    def __init__(self, client: Any, tokens: list[str]) -> None:
+        self.client = client
+        self.tokens = tokens
+        self.statuses: Counter[int] = Counter()
+        self.without_retry_after = 0
+        self.unexpected: list[tuple[int, int, str]] = []
+        self.killed_at: float | None = None
+        #: Per user: seconds from the kill to the user's first 200 after it.
+        self.back: dict[int, float] = {}
+        self.stop = asyncio.Event()
+
+    async def user(self, i: int) -> None:
+        while not self.stop.is_set():
+            resp = await self.client.post("/auth/refresh", json={"refresh_token": self.tokens[i]})
+            body = await resp.json()
+            self.statuses[resp.status] += 1
+            if resp.status == 200:
+                self.tokens[i] = body["refresh_token"]
+                if self.killed_at is not None and i not in self.back:
+                    self.back[i] = time.monotonic() - self.killed_at
+            elif resp.status == 503:
+                if "Retry-After" not in resp.headers:
+                    self.without_retry_after += 1
+                await asyncio.sleep(0.05)
+            else:
+                self.unexpected.append((i, resp.status, str(body)))
+                return  # a user refused a refresh is logged out: stop hammering
+            await asyncio.sleep(0.01)
+
+
+async def _scenario(topology: Any, make_client: Any, make_settings: Any) -> None:
+    settings = make_settings(
+        **topology.env(),
+        TOKEND_REDIS_REPLICA_ACKS="1",
+        TOKEND_REDIS_REPLICA_ACK_TIMEOUT="1000",
+    )
+    client = await make_client(settings=settings)
+    live = [await register_and_login(client, f"live{i}") for i in range(USERS)]
+    gone = [await register_and_login(client, f"gone{i}") for i in range(LOGGED_OUT)]
+    for pair in gone:
+        resp = await client.post("/auth/logout", headers=bearer(pair["access_token"]))
+        assert resp.status == 204, await resp.text()
+    listener = RevocationListener(settings.redis, prefix=settings.redis_prefix)
+    await listener.start()
+    try:
+        await asyncio.wait_for(listener.wait_ready(), 20)
+        load = Load(client, [pair["refresh_token"] for pair in live])
+        tasks = [asyncio.create_task(load.user(i)) for i in range(USERS)]
+        await asyncio.sleep(BEFORE_KILL)
+        victim = max(topology.primaries(), key=lambda node: int(node.cmd("DBSIZE")))
+        keys_on_victim = int(victim.cmd("DBSIZE"))
+        load.killed_at = time.monotonic()
+        topology.kill9(victim)
+        await asyncio.to_thread(topology.wait_failover, victim, 30)
+        promoted_after = time.monotonic() - load.killed_at
+        await asyncio.sleep(AFTER_FAILOVER)
+        load.stop.set()
+        await asyncio.gather(*tasks)
+        # The old primary comes back as a replica, so writes can be acknowledged again.
+        await asyncio.to_thread(topology.restart, victim)
+
+        sent = sum(load.statuses.values())
+        # every user had a 200 again, this long after the kill
+        resumed = max(load.back.values()) if len(load.back) == USERS else None
+        rolled = client.app[METRICS].registry.get_sample_value(
+            "tokend_refreshes_total", {"result": "rolled_forward"}
+        )
+        print(
+            f"\n[{topology.__class__.__name__}] killed {victim} holding {keys_on_victim} keys; "
+            f"promoted after {promoted_after:.2f} s; first 200 after the kill at "
+            f"{resumed if resumed is None else round(resumed, 2)} s for every user; requests {sent}: "
+            f"{dict(load.statuses)}; 503 without Retry-After {load.without_retry_after}; "
+            f"rolled forward {rolled or 0:.0f}; fences {client.app[FENCE].fences}"
+        )
+        assert load.statuses.get(500, 0) == 0
+        assert not load.unexpected, f"users refused a refresh: {load.unexpected[:5]}"
+        assert load.without_retry_after == 0
+        assert resumed is not None and resumed <= promoted_after + 1.0
+
+        # Nobody was logged out: every user's newest refresh token refreshes again.
+        alive = 0
+        for i in range(USERS):
+            resp = await client.post("/auth/refresh", json={"refresh_token": load.tokens[i]})
+            body = await resp.json()
+            assert resp.status == 200, (i, body)
+            status, _, _ = await me(client, body["access_token"])
+            assert status == 200
+            alive += 1
+        assert client.app[FENCE].fences == 0, "a failover was taken for data loss"
+        assert listener.applied["all.revoked"] == 0
+        reuse = [
+            client.app[METRICS].registry.get_sample_value(
+                "tokend_refreshes_total", {"result": result}
+            )
+            for result in ("reuse_concurrent", "reuse_replay")
+        ]
+        assert not any(reuse), f"reuse detected: {reuse}"
+
+        # Every logout answered 204 before the kill is still refused everywhere.
+        refused = 0
+        for pair in gone:
+            resp = await client.post("/auth/refresh", json={"refresh_token": pair["refresh_token"]})
+            assert resp.status == 401
+            status, _, _ = await me(client, pair["access_token"])
+            assert status == 401
+            assert listener.is_revoked(unverified(pair["access_token"])[1])
+            refused += 1
+        print(f"sessions alive after: {alive}/{USERS}; revocations refused after: {refused}")
+    finally:
+        await listener.close()
+
+
+@pytest.mark.parametrize("kind", ["cluster", "sentinel"])
+async def test_primary_killed_under_refresh_load(
+    kind: str, request: pytest.FixtureRequest, make_client: Any, make_settings: Any
+) -> None:
+    topology = request.getfixturevalue(f"fresh_redis_{kind}")
+    await _scenario(topology, make_client, make_settings)
+
+
+@contextlib.contextmanager
+def _replication_cut(primary: Any) -> Iterator[None]:
+    """Drop what ``primary`` sends its replica (and nothing else) while inside."""
+    (replica,) = [c for c in primary.cmd("CLIENT", "LIST", "TYPE", "replica").splitlines()]
+    port = next(f for f in replica.split() if f.startswith("addr=")).rsplit(":", 1)[1]
+    rule = ["OUTPUT", "-o", "lo", "-p", "tcp", "--sport", str(primary.port), "--dport", port]
+    rule += ["-j", "DROP"]
+    subprocess.run([IPTABLES, "-w", "-I", *rule], check=True)
+    try:
+        yield
+    finally:
+        subprocess.run([IPTABLES, "-w", "-D", *rule], check=True)
+
+
+async def _on_one_primary(
+    client: Any, topology: Any, prefix: str, kind: str
+) -> tuple[Any, list[Any]]:
+    """Two logged-in users whose sessions live on the same primary, and that primary."""
+    from service.keyspace import Keyspace
+
+    keys = Keyspace(prefix)
+    by_primary: dict[str, list[dict[str, Any]]] = {}
+    for i in range(30):
+        pair = await register_and_login(client, f"lw{i}")
+        claims = unverified(pair["refresh_token"])[1]
+        key = keys.of(claims["sub"]).session(claims["sid"])
+        node = topology.primary_for_key(key) if kind == "cluster" else topology.primary
+        group = by_primary.setdefault(node.address, [])
+        group.append(pair)
+        if len(group) == 2:
+            return node, group
+    raise AssertionError("no two of 30 users share a primary")
+
+
+@pytest.mark.skipif(
+    os.geteuid() != 0 or not shutil.which("iptables"),
+    reason="cutting one replication link takes iptables as root",
+)
+@pytest.mark.parametrize("kind", ["cluster", "sentinel"])
+async def test_a_rotation_the_replica_missed_rolls_forward_and_replay_is_still_caught(
+    kind: str, request: pytest.FixtureRequest, make_client: Any, make_settings: Any
+) -> None:
+    """The primary's replication stream to its replica is dropped (an iptables rule on
+    loopback for that one connection) while two users refresh: the rotations are
+    answered but never reach the replica. The primary is killed and the replica promoted
+    with the older state. The newest token of one user rolls the session forward; for the other,
+    an attacker replays the older (consumed) token first, and the user's newest token
+    then counts as reuse: the session ends, as it would have without the failover."""
+    topology = request.getfixturevalue(f"fresh_redis_{kind}")
+    settings = make_settings(**topology.env(), TOKEND_REDIS_REPLICA_ACKS="1")
+    client = await make_client(settings=settings)
+    primary, (alice, bob) = await _on_one_primary(client, topology, settings.redis_prefix, kind)
+    topology.wait_replicated(primary)
+    with _replication_cut(primary):
+        newer = {}
+        for name, pair in (("alice", alice), ("bob", bob)):
+            resp = await client.post("/auth/refresh", json={"refresh_token": pair["refresh_token"]})
+            assert resp.status == 200
+            newer[name] = (await resp.json())["refresh_token"]
+        topology.kill9(primary)
+        # Until the replica is promoted: the dead primary's kernel would still send what
+        # was queued for the replica (a killed process's socket drains its send queue).
+        await asyncio.to_thread(topology.wait_failover, primary, 30)
+
+    async def refresh_status(token: str) -> tuple[int, dict[str, Any]]:
+        for _ in range(100):  # the first requests after a failover may still get 503
+            resp = await client.post("/auth/refresh", json={"refresh_token": token})
+            if resp.status != 503:
+                return resp.status, await resp.json()
+            await asyncio.sleep(0.1)
+        raise AssertionError("still 503 ten seconds after the failover")
+
+    registry = client.app[METRICS].registry
+    # alice: her newest token is ahead of the promoted state: rolled forward, not reuse
+    status, body = await refresh_status(newer["alice"])
+    assert status == 200, body
+    assert registry.get_sample_value("tokend_refreshes_total", {"result": "rolled_forward"}) == 1
+    assert (await me(client, body["access_token"]))[0] == 200
+    # and the token that rotation consumed is a replay
+    status, _ = await refresh_status(alice["refresh_token"])
+    assert status == 401
+    # bob: an attacker replays the consumed token first; the state says it is current
+    status, stolen = await refresh_status(bob["refresh_token"])
+    assert status == 200
+    # bob's own newest token is now one rotation behind the attacker's: reuse, session ends
+    status, body = await refresh_status(newer["bob"])
+    assert status == 401 and "reuse" in body.get("error_description", ""), body
+    assert (await refresh_status(stolen["refresh_token"]))[0] == 401
+    assert (await me(client, stolen["access_token"]))[0] == 401
+    assert client.app[FENCE].fences == 0
