@@ -24,8 +24,8 @@ import os
 import shutil
 import subprocess
 import time
-from collections.abc import Iterator
 from collections import Counter
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -114,7 +114,8 @@ async def _scenario(topology: Any, make_client: Any, make_settings: Any) -> None
         print(
             f"\n[{topology.__class__.__name__}] killed {victim} holding {keys_on_victim} keys; "
             f"promoted after {promoted_after:.2f} s; first 200 after the kill at "
-            f"{resumed if resumed is None else round(resumed, 2)} s for every user; requests {sent}: "
+            f"{resumed if resumed is None else round(resumed, 2)} s for every user; "
+            f"requests {sent}: "
             f"{dict(load.statuses)}; 503 without Retry-After {load.without_retry_after}; "
             f"rolled forward {rolled or 0:.0f}; fences {client.app[FENCE].fences}"
         )
