@@ -1,6 +1,8 @@
-"""docker-compose.yml and Dockerfile, checked with the real docker-compose parser.
+"""docker-compose.yml, its Redis Cluster variant and Dockerfile, checked with the real
+docker-compose parser.
 
-`docker-compose config` validates and normalises the file without a Docker engine. Its output
+`docker-compose config` validates and normalises the file without a Docker engine (the
+cluster variant: docker-compose.yml with docker-compose.cluster.yml over it). Its output
 is YAML; PyYAML is not a dependency of ours, so the YAML is read with PyYAML where it is
 importable, else with the Python interpreter that runs docker-compose (which needs PyYAML).
 """
@@ -19,6 +21,9 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 COMPOSE_FILE = ROOT / "docker-compose.yml"
+CLUSTER_FILE = ROOT / "docker-compose.cluster.yml"
+STANDALONE = (COMPOSE_FILE,)
+CLUSTER = (COMPOSE_FILE, CLUSTER_FILE)
 DOCKERFILE = ROOT / "Dockerfile"
 KEK_VAR = "TOKEND_KEY_ENCRYPTION_KEY"
 TEST_KEK = "dGVzdC1rZXktZW5jcnlwdGlvbi1rZXktMzItYnl0ZXM="
@@ -44,7 +49,9 @@ def _docker_compose() -> str:
     return path
 
 
-def _run_config(tmp_path: Path, kek: str | None) -> subprocess.CompletedProcess[str]:
+def _run_config(
+    tmp_path: Path, kek: str | None, files: tuple[Path, ...] = STANDALONE
+) -> subprocess.CompletedProcess[str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("COMPOSE_")}
     env.pop(KEK_VAR, None)
     if kek is not None:
@@ -55,8 +62,7 @@ def _run_config(tmp_path: Path, kek: str | None) -> subprocess.CompletedProcess[
     return subprocess.run(
         [
             _docker_compose(),
-            "-f",
-            str(COMPOSE_FILE),
+            *(arg for file in files for arg in ("-f", str(file))),
             "--project-directory",
             str(ROOT),
             "--env-file",
@@ -107,11 +113,20 @@ def _parse_yaml(text: str) -> dict[str, Any]:
     return data
 
 
-@pytest.fixture(scope="module")
-def config(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
-    done = _run_config(tmp_path_factory.mktemp("compose"), TEST_KEK)
+def _config(tmp_path: Path, files: tuple[Path, ...]) -> dict[str, Any]:
+    done = _run_config(tmp_path, TEST_KEK, files)
     assert done.returncode == 0, f"docker-compose config failed:\n{done.stderr}"
     return _parse_yaml(done.stdout)
+
+
+@pytest.fixture(scope="module")
+def config(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    return _config(tmp_path_factory.mktemp("compose"), STANDALONE)
+
+
+@pytest.fixture(scope="module")
+def cluster_config(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    return _config(tmp_path_factory.mktemp("compose-cluster"), CLUSTER)
 
 
 def _services(config: dict[str, Any]) -> dict[str, Any]:
@@ -185,11 +200,88 @@ def test_environment(config: dict[str, Any]) -> None:
         assert env[KEK_VAR] == TEST_KEK, name
 
 
-def test_key_encryption_key_is_required(tmp_path: Path) -> None:
-    done = _run_config(tmp_path, None)
+@pytest.mark.parametrize("files", [STANDALONE, CLUSTER], ids=["standalone", "cluster"])
+def test_key_encryption_key_is_required(tmp_path: Path, files: tuple[Path, ...]) -> None:
+    done = _run_config(tmp_path, None, files)
     assert done.returncode != 0
     assert KEK_VAR in done.stderr
     assert "urandom" in done.stderr  # the message says how to make one
+
+
+# --- the Redis Cluster variant (docker-compose.cluster.yml over docker-compose.yml) ----------
+
+CLUSTER_NODES = ["redis", *(f"redis-node-{i}" for i in range(2, 7))]
+CLUSTER_ENV = {
+    "TOKEND_REDIS_MODE": "cluster",
+    "TOKEND_REDIS_URL": "redis://redis-node-1:6379/0",
+    "TOKEND_REDIS_REPLICA_ACKS": "1",
+}
+
+
+def _option(argv: list[str], name: str) -> str:
+    assert name in argv, (name, argv)
+    return argv[argv.index(name) + 1]
+
+
+def test_cluster_has_six_cluster_enabled_nodes(cluster_config: dict[str, Any]) -> None:
+    services = _services(cluster_config)
+    enabled = [
+        n for n, s in services.items() if "--cluster-enabled" in _as_argv(s.get("command", []))
+    ]
+    assert sorted(enabled) == sorted(CLUSTER_NODES)
+    assert services["redis"]["networks"]["default"]["aliases"] == ["redis-node-1"]
+    volumes = set()
+    for number, name in enumerate(CLUSTER_NODES, start=1):
+        node = services[name]
+        argv = _as_argv(node["command"])
+        assert argv[0] == "redis-server" and node["image"].startswith("redis:7"), name
+        assert _option(argv, "--cluster-enabled") == "yes", name
+        assert _option(argv, "--appendonly") == "yes", name
+        assert _option(argv, "--cluster-config-file") == "nodes.conf", name
+        assert _option(argv, "--cluster-announce-hostname") == f"redis-node-{number}", name
+        assert node["healthcheck"]["test"] == ["CMD", "redis-cli", "ping"], name
+        (volume,) = (v for v in node["volumes"] if str(v).split(":")[1] == "/data")
+        volumes.add(str(volume).split(":")[0])
+    assert len(volumes) == 6  # a volume per node: its AOF and nodes.conf
+
+
+def _init_script(cluster_config: dict[str, Any]) -> str:
+    init = _services(cluster_config)["redis-cluster-init"]
+    assert init["entrypoint"] == ["/bin/sh", "-ec"]
+    (script,) = init["command"]
+    # `docker-compose config` prints `$` escaped as `$$`, as in the file
+    return str(script).replace("$$", "$")
+
+
+def test_cluster_init_creates_the_cluster_once(cluster_config: dict[str, Any]) -> None:
+    init = _services(cluster_config)["redis-cluster-init"]
+    assert init["restart"] == "no" and init["image"].startswith("redis:7")
+    assert init["depends_on"] == {n: {"condition": "service_healthy"} for n in CLUSTER_NODES}
+    script = _init_script(cluster_config)
+    create = next(line for line in script.splitlines() if "--cluster create" in line).split()
+    assert create[:3] == ["redis-cli", "--cluster", "create"]
+    assert _option(create, "--cluster-replicas") == "1" and "--cluster-yes" in create
+    assert "for i in 1 2 3 4 5 6" in script and "getent hosts redis-node-$i" in script
+    assert "cluster_state:ok" in script  # done when every node says so; 0 if already made
+    done = subprocess.run(["sh", "-n"], input=script, text=True, capture_output=True, timeout=30)
+    assert done.returncode == 0, done.stderr
+
+
+def test_cluster_tokend_services(cluster_config: dict[str, Any], config: dict[str, Any]) -> None:
+    services, standalone = _services(cluster_config), _services(config)
+    for name, argv in EXPECTED_COMMANDS.items():
+        assert _as_argv(services[name]["command"]) == argv, name
+        env = services[name]["environment"]
+        assert {k: env[k] for k in CLUSTER_ENV} == CLUSTER_ENV, name
+        rest = {k: v for k, v in standalone[name]["environment"].items() if k not in CLUSTER_ENV}
+        assert {k: env[k] for k in rest} == rest, name  # database, issuer, KEK as in the base
+    for name in ("api", "workers"):
+        depends = services[name]["depends_on"]
+        assert depends["redis-cluster-init"]["condition"] == "service_completed_successfully"
+        assert {k: depends[k] for k in standalone[name]["depends_on"]} == (
+            standalone[name]["depends_on"]
+        ), name
+    assert services["migrate"]["depends_on"] == standalone["migrate"]["depends_on"]
 
 
 def _dockerfile_instructions() -> list[tuple[str, str]]:
