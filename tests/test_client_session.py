@@ -21,8 +21,8 @@ from yarl import URL
 
 from service.devredis import free_port
 from service.http.appkeys import SETTINGS
-from service.keyspace import Keyspace
 from tests.support import PASSWORD, bearer, register
+from tests.support.redisdata import stream_events
 from tokend_client import (
     FileTokenStore,
     LoginFailed,
@@ -82,10 +82,9 @@ async def reuse_events(tokend: Any) -> list[dict[str, Any]]:
     prefix = tokend.app[SETTINGS].redis_prefix
     client = aioredis.Redis.from_url(tokend.app[SETTINGS].redis_url, decode_responses=True)
     try:
-        entries = await client.xrange(Keyspace(prefix).events)
+        events = await stream_events(client, prefix)
     finally:
         await client.aclose()
-    events = [json.loads(fields["event"]) for _, fields in entries]
     return [e for e in events if e["reason"] == "refresh_token_reuse"]
 
 

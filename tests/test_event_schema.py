@@ -14,8 +14,8 @@ from service import events
 from service.fence import RedisFence
 from service.keyspace import Keyspace
 from service.sessions import SessionStore
-from tokend_client._denylist import DenyList
 from tests.support.redisdata import stream_entries
+from tokend_client._denylist import DenyList
 from tokend_client._events import problem
 
 

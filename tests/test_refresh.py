@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import json
 from typing import Any
 
 import jwt
@@ -12,6 +11,7 @@ import pytest
 from service.http.appkeys import KEYRING, SETTINGS
 from service.keyspace import Keyspace
 from tests.support import bearer, register_and_login, unverified
+from tests.support.redisdata import stream_events
 
 
 @pytest.fixture
@@ -125,8 +125,11 @@ async def test_redis_ttl_follows_idle_deadline(make_client, clock, redis_client,
     settings = make_settings(TOKEND_REFRESH_IDLE_TTL="300")
     client = await make_client(settings=settings, clock=clock)
     tokens = await register_and_login(client)
-    sid = unverified(tokens["refresh_token"])[1]["sid"]
-    ttl = await redis_client.ttl(Keyspace(settings.redis_prefix).session(sid))
+    sid, uid = (
+        unverified(tokens["refresh_token"])[1]["sid"],
+        unverified(tokens["refresh_token"])[1]["sub"],
+    )
+    ttl = await redis_client.ttl(Keyspace(settings.redis_prefix).of(uid).session(sid))
     assert 290 <= ttl <= 301
 
 
@@ -141,9 +144,12 @@ async def test_fifty_concurrent_refreshes_converge_on_one_successor(
     assert len(successor_jtis) == 1
     access_jtis = {unverified(b["access_token"])[1]["jti"] for b in bodies}
     assert len(access_jtis) == 50
-    sid = unverified(tokens["refresh_token"])[1]["sid"]
+    sid, uid = (
+        unverified(tokens["refresh_token"])[1]["sid"],
+        unverified(tokens["refresh_token"])[1]["sub"],
+    )
     prefix = client.app[SETTINGS]
-    state = await redis_client.hgetall(Keyspace(prefix.redis_prefix).session(sid))
+    state = await redis_client.hgetall(Keyspace(prefix.redis_prefix).of(uid).session(sid))
     assert state["cur"] == successor_jtis.pop()
     assert state["prev"] == unverified(tokens["refresh_token"])[1]["jti"]
     # the successor works, and nothing forked
@@ -204,8 +210,7 @@ async def test_reuse_publishes_session_revoked(client, make_settings, redis_clie
     await refresh(client, second["refresh_token"])
     resp = await refresh(client, tokens["refresh_token"])  # two generations old
     assert resp.status == 401
-    entries = await redis_client.xrange(Keyspace(prefix.redis_prefix).events)
-    events = [json.loads(fields["event"]) for _, fields in entries]
+    events = await stream_events(redis_client, prefix.redis_prefix)
     assert [e["reason"] for e in events] == ["refresh_token_reuse"]
     assert events[0]["type"] == "session.revoked"
     assert events[0]["sid"] == unverified(tokens["refresh_token"])[1]["sid"]

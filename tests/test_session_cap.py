@@ -16,7 +16,7 @@ from service.sessions import SessionStore
 async def test_concurrent_logins_past_the_cap(
     redis_client: aioredis.Redis, redis_prefix: str
 ) -> None:
-    keys = Keyspace(redis_prefix)
+    keys = Keyspace(redis_prefix).of("u")  # the user's partition
     store = SessionStore(
         redis_client,
         prefix=redis_prefix,
@@ -39,7 +39,7 @@ async def test_concurrent_logins_past_the_cap(
     evicted = await asyncio.gather(*(login(n) for n in range(20)))
     sids = await redis_client.zrange(keys.user_index("u"), 0, -1)
     assert len(sids) == 3
-    alive = [sid for sid in (f"s{n:02}" for n in range(20)) if await store.get(sid)]
+    alive = [sid for sid in (f"s{n:02}" for n in range(20)) if await store.get("u", sid)]
     assert sorted(alive) == sorted(sids)
     entries = await redis_client.xrange(keys.events)
     ended = [json.loads(f["event"]) for _, f in entries]

@@ -11,8 +11,8 @@ import pytest
 
 from service.clock import FrozenClock
 from service.http.appkeys import SETTINGS
-from service.keyspace import Keyspace
 from tests.support import PASSWORD, bearer, login, register, register_and_login, unverified
+from tests.support.redisdata import stream_events
 
 
 @pytest.fixture
@@ -26,8 +26,8 @@ async def me_status(client: Any, access: str) -> int:
 
 
 async def events(client: Any, redis_client: Any) -> list[dict[str, Any]]:
-    prefix = client.app[SETTINGS].redis_prefix
-    return [json.loads(f["event"]) for _, f in await redis_client.xrange(Keyspace(prefix).events)]
+    """Every partition's events."""
+    return await stream_events(redis_client, client.app[SETTINGS].redis_prefix)
 
 
 async def test_list_sessions_marks_the_current_one(client) -> None:

@@ -10,7 +10,15 @@ from typing import Any
 import pytest
 
 from service.http.appkeys import AUTH
-from tests.support import PASSWORD, bearer, http_request, parse_answer, raw_exchange, register
+from tests.support import (
+    PASSWORD,
+    bearer,
+    http_request,
+    parse_answer,
+    raw_exchange,
+    register,
+    unverified,
+)
 
 pytestmark = pytest.mark.security
 
@@ -31,8 +39,8 @@ async def _login_raw(client: Any, username: str, headers: list[tuple[bytes, byte
     return parse_answer(answer)
 
 
-async def _session_hash(client: Any, redis: Any, sid: str) -> tuple[dict[str, str], str]:
-    name = client.server.app[AUTH].sessions.keys.session(sid)
+async def _session_hash(client: Any, redis: Any, uid: str, sid: str) -> tuple[dict[str, str], str]:
+    name = client.server.app[AUTH].sessions.keys.of(uid).session(sid)
     return await redis.hgetall(name), await redis.object("encoding", name)
 
 
@@ -83,8 +91,8 @@ async def test_a_long_user_agent_keeps_both_ends_and_the_hash_compact(
     recorded = session["user_agent"]
     assert recorded.startswith("Mozilla/5.0 ") and recorded.endswith(" Firefox/133.0"), recorded
     assert "…" in recorded and len(recorded.encode()) <= LISTPACK_VALUE_BYTES
-    sid = session["id"]
-    row, encoding = await _session_hash(client, redis_client, sid)
+    sid, uid = session["id"], unverified(tokens["access_token"])[1]["sub"]
+    row, encoding = await _session_hash(client, redis_client, uid, sid)
     assert encoding == "listpack", row
     assert all(len(value.encode()) <= LISTPACK_VALUE_BYTES for value in row.values())
     # and after a rotation, with the same agent
@@ -92,7 +100,7 @@ async def test_a_long_user_agent_keeps_both_ends_and_the_hash_compact(
         "/auth/refresh", headers={**bearer(tokens["refresh_token"]), "User-Agent": agent}
     )
     assert resp.status == 200
-    row, encoding = await _session_hash(client, redis_client, sid)
+    row, encoding = await _session_hash(client, redis_client, uid, sid)
     assert encoding == "listpack", row
 
 

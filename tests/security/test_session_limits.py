@@ -4,7 +4,6 @@ registrations, and revocations whose Redis cost does not grow with the session c
 from __future__ import annotations
 
 import asyncio
-import json
 import time
 from typing import Any
 
@@ -12,19 +11,20 @@ import pytest
 import redis.asyncio as aioredis
 
 from service.http.appkeys import AUTH, SETTINGS
-from service.keyspace import Keyspace
 from service.redisconn import make_redis
 from service.sessions import SessionStore
 from service.settings import Settings
 from service.tokens import new_id
 from tests.support import PASSWORD, bearer, login, register
+from tests.support.redisdata import stream_events
+from tokend_client._redis import RedisTarget
 
 pytestmark = pytest.mark.security
 
 
 async def events(client: Any, redis_client: Any) -> list[dict[str, Any]]:
-    prefix = client.app[SETTINGS].redis_prefix
-    return [json.loads(f["event"]) for _, f in await redis_client.xrange(Keyspace(prefix).events)]
+    """Every partition's events."""
+    return await stream_events(redis_client, client.app[SETTINGS].redis_prefix)
 
 
 async def refresh_status(client: Any, tokens: dict[str, Any]) -> int:
@@ -133,7 +133,7 @@ async def test_revoking_a_user_costs_the_same_whatever_their_session_count(
     settings: Settings = make_settings(
         TOKEND_REDIS_URL=private_redis.url, TOKEND_MAX_SESSIONS_PER_USER="0"
     )
-    redis = make_redis(private_redis.url, pool_size=16, pool_timeout=5)
+    redis = make_redis(RedisTarget(url=private_redis.url), pool_size=16, pool_timeout=5)
     store = SessionStore.from_settings(redis, settings)
     try:
         few = await _pile_up(store, "few", 3)
@@ -155,8 +155,7 @@ async def test_revoking_a_user_costs_the_same_whatever_their_session_count(
                 for sid in many[1:50]:
                     assert (await store.rotate(**_use(sid))).status == "revoked"
         # one event per revocation, not one per session
-        stream = await redis.xrange(Keyspace(settings.redis_prefix).events)
-        kinds = [json.loads(f["event"])["type"] for _, f in stream]
+        kinds = [e["type"] for e in await stream_events(redis, settings.redis_prefix)]
         assert kinds == ["user.revoked"] * 5
         assert (await store.rotate(**_use(many[0]))).status == "revoked"
     finally:
