@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 from service.http.appkeys import SETTINGS
+from service.keyspace import Keyspace
 from tests.conftest import TEST_KEK
 from tests.support import bearer, login, register, unverified
 
@@ -46,13 +47,29 @@ async def test_tail_replays_then_follows(client) -> None:
         text=True,
     )
     try:
+        keys = Keyspace(settings.redis_prefix, settings.redis_partitions)
+        alice = keys.of(unverified(first["access_token"])[1]["sub"]).index
         [replayed] = await read_lines(proc, 1)
         assert replayed["sid"] == unverified(first["access_token"])[1]["sid"]
         assert replayed["type"] == "session.revoked" and replayed["id"]
+        assert replayed["partition"] == alice
         await client.post("/auth/logout", headers=bearer(second["access_token"]))
         [live] = await read_lines(proc, 1)
         assert live["sid"] == unverified(second["access_token"])[1]["sid"]
         assert str(live["id"]) > str(replayed["id"])
+        assert live["partition"] == alice
+        # it follows every partition: a user of another one
+        for n in range(50):
+            await register(client, f"bob{n}")
+            other = await login(client, f"bob{n}")
+            if keys.of(unverified(other["access_token"])[1]["sub"]).index != alice:
+                break
+        else:
+            raise AssertionError("no user landed outside alice's partition")
+        await client.post("/auth/logout", headers=bearer(other["access_token"]))
+        [elsewhere] = await read_lines(proc, 1)
+        assert elsewhere["sid"] == unverified(other["access_token"])[1]["sid"]
+        assert elsewhere["partition"] == keys.of(unverified(other["access_token"])[1]["sub"]).index
     finally:
         proc.terminate()
         proc.wait(timeout=10)

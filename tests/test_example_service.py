@@ -121,9 +121,11 @@ async def logout(tokend: Any, tokens: dict[str, Any]) -> None:
 async def test_redis_cli_subscriber_sees_a_logout_as_one_json_line(
     tokend, redis_prefix, redis_client
 ) -> None:
-    channel = Keyspace(redis_prefix).channel
+    # every partition's stream has a pub/sub channel of its name: subscribe to them all
+    keys = Keyspace(redis_prefix)
+    channels = [p.events for p in keys.all]
     proc = await asyncio.create_subprocess_exec(
-        "redis-cli", "-p", "6379", "SUBSCRIBE", channel, stdout=asyncio.subprocess.PIPE
+        "redis-cli", "-p", "6379", "SUBSCRIBE", *channels, stdout=asyncio.subprocess.PIPE
     )
     assert proc.stdout is not None
     try:
@@ -132,11 +134,14 @@ async def test_redis_cli_subscriber_sees_a_logout_as_one_json_line(
             async with asyncio.timeout(10):
                 return (await proc.stdout.readline()).decode().rstrip("\n")
 
-        assert [await line() for _ in range(3)] == ["subscribe", channel, "1"]
+        for n, channel in enumerate(channels, 1):
+            assert [await line() for _ in range(3)] == ["subscribe", channel, str(n)]
         await register(tokend, "alice")
         tokens = await login(tokend, "alice")
         await logout(tokend, tokens)
-        assert [await line(), await line()] == ["message", channel]
+        # on the channel of alice's partition
+        own = keys.of(unverified(tokens["access_token"])[1]["sub"])
+        assert [await line(), await line()] == ["message", own.events]
         event = json.loads(await line())  # the whole event on this one line
         claims = unverified(tokens["access_token"])[1]
         assert event["v"] == 1
@@ -145,7 +150,7 @@ async def test_redis_cli_subscriber_sees_a_logout_as_one_json_line(
         assert event["reason"] == "logout"
         assert event["until"] > event["at"] > 0
         # its id is the stream entry that holds the same event
-        [(entry_id, fields)] = await redis_client.xrange(Keyspace(redis_prefix).events)
+        [(entry_id, fields)] = await redis_client.xrange(own.events)
         assert event["id"] == entry_id
         assert {**json.loads(fields["event"]), "id": entry_id} == event
     finally:

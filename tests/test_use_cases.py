@@ -15,13 +15,25 @@ async def test_rotate_with_another_uid_is_mismatch_and_leaves_the_session(
     tokens = await register_and_login(client, "alice")
     sessions, now = client.app[AUTH].sessions, client.app[CLOCK]()
     claims = client.app[AUTH].tokens.verify_refresh(tokens["refresh_token"], now)
-    before = await sessions.get(claims["sid"])
+    before = await sessions.get(claims["sub"], claims["sid"])
     assert before is not None
+    # another user of alice's partition: rotate.lua finds the session and refuses it
+    keys = sessions.keys
+    own = keys.of(claims["sub"])
+    users = [f"someone-else-{n}" for n in range(1000)]
+    neighbour = next(u for u in users if keys.of(u) == own)
     rotation = await sessions.rotate(
-        sid=claims["sid"], uid="someone-else", jti=claims["jti"], new_jti="new", now=now
+        sid=claims["sid"], uid=neighbour, jti=claims["jti"], new_jti="new", now=now
     )
     assert rotation.status == "mismatch" and rotation.uid == claims["sub"]
-    assert await sessions.get(claims["sid"]) == before
+    assert await sessions.get(claims["sub"], claims["sid"]) == before
+    # a user of another partition: the session is not among that partition's keys at all
+    stranger = next(u for u in users if keys.of(u) != own)
+    rotation = await sessions.rotate(
+        sid=claims["sid"], uid=stranger, jti=claims["jti"], new_jti="new", now=now
+    )
+    assert rotation.status == "unknown"
+    assert await sessions.get(claims["sub"], claims["sid"]) == before
     # the presented token was not consumed: it still rotates, once
     resp = await client.post("/auth/refresh", headers=bearer(tokens["refresh_token"]))
     assert resp.status == 200, await resp.text()
@@ -34,7 +46,7 @@ async def test_a_widened_scope_is_refused_inside_the_rotation_untouched(make_cli
     tokens = await register_and_login(client, "alice")
     sessions, now = client.app[AUTH].sessions, client.app[CLOCK]()
     claims = client.app[AUTH].tokens.verify_refresh(tokens["refresh_token"], now)
-    before = await sessions.get(claims["sid"])
+    before = await sessions.get(claims["sub"], claims["sid"])
     rotation = await sessions.rotate(
         sid=claims["sid"],
         uid=claims["sub"],
@@ -44,7 +56,7 @@ async def test_a_widened_scope_is_refused_inside_the_rotation_untouched(make_cli
         scope="admin",
     )
     assert rotation.status == "scope" and rotation.scope == ""
-    assert await sessions.get(claims["sid"]) == before
+    assert await sessions.get(claims["sub"], claims["sid"]) == before
     narrowed = await sessions.rotate(
         sid=claims["sid"],
         uid=claims["sub"],
