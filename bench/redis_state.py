@@ -172,7 +172,10 @@ async def _key_bytes(redis: aioredis.Redis, prefix: str) -> dict[str, int]:
                 pipe.memory_usage(key, samples=0)
             sizes = await pipe.execute()
         for key, size in zip(chunk, sizes, strict=True):
-            kind = str(key)[len(prefix) + 1 :].split(":", 1)[0]
+            rest = str(key)[len(prefix) + 1 :]
+            if rest.startswith("{"):  # a partition's key: "{<tag>}:<kind>:..."
+                rest = rest.partition("}:")[2]
+            kind = rest.split(":", 1)[0]
             total[kind] = total.get(kind, 0) + int(size or 0)
     return total
 
@@ -213,7 +216,10 @@ async def _memory(n: int) -> Section:
                 rotated = await _used_memory(redis) - base
                 kinds = await _key_bytes(redis, prefix)
                 rotated_keys = sum(kinds.values())
-                encoding = await redis.object("encoding", store.keys.session(made[0][0]))
+                first_sid, first_uid, _ = made[0]
+                encoding = await redis.object(
+                    "encoding", store.keys.of(first_uid).session(first_sid)
+                )
             finally:
                 cleanup_redis_prefix(prefix)
             rows.append(
@@ -247,7 +253,8 @@ async def _memory(n: int) -> Section:
         "once through `SessionStore.rotate` (which adds the previous token and its grace). "
         "`INFO memory` used_memory deltas (the whole server: other clients add noise) next "
         "to the sum of `MEMORY USAGE` over the prefix's keys, split by structure (session "
-        "hash `s:{sid}`, per-user index `u:<uid>`, expiry shards `exp:<n>`). INFO also "
+        "hash `{T}:s:<sid>`, per-user index `{T}:u:<uid>`, the partitions' expiry indexes "
+        "`{T}:exp`). INFO also "
         "counts the main and expires dictionary entries that `MEMORY USAGE` leaves out. "
         "A hash stays a compact listpack only while every value is at most "
         "`hash-max-listpack-value` (64 here) bytes.",

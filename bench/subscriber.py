@@ -272,7 +272,8 @@ async def _collect_ats(prefix: str, ats: dict[str, float], ready: asyncio.Event)
     client = aioredis.Redis.from_url(REDIS_URL, decode_responses=True)
     try:
         async with client.pubsub() as pubsub:
-            await pubsub.subscribe(Keyspace(prefix).channel)
+            # every partition's stream has a pub/sub channel of its name
+            await pubsub.subscribe(*(part.events for part in Keyspace(prefix).all))
             ready.set()
             async for message in pubsub.listen():
                 if message["type"] == "message":
@@ -346,7 +347,10 @@ async def _add_revocations(prefix: str, n: int) -> None:
             )
         )
         await asyncio.gather(
-            *(store.revoke(sid=sid, now=now, reason="logout", force=True) for sid in chunk)
+            *(
+                store.revoke(sid=sid, now=now, reason="logout", owner=f"u{sid}", force=True)
+                for sid in chunk
+            )
         )
     await redis.aclose()
 
@@ -354,15 +358,19 @@ async def _add_revocations(prefix: str, n: int) -> None:
 async def _mark_epoch(prefix: str) -> None:
     """Mark a fresh prefix as tokend does when it starts on a Redis (service/fence.py).
 
-    The listener is not ready while tokend's epoch marker ``<prefix>:epoch`` is missing
-    (it cannot tell a new Redis from one that lost its data), and no tokend runs on the
-    replay's prefix: without the marker every start below would wait forever.
+    The listener is not ready while tokend's layout marker ``<prefix>:partitions`` or a
+    partition's epoch marker is missing (it cannot tell a new Redis from one that lost
+    its data), and no tokend runs on the replay's prefix: without the markers every start
+    below would wait forever.
     """
     import redis.asyncio as aioredis
 
     redis = aioredis.Redis.from_url(REDIS_URL)
+    keys = Keyspace(prefix)
     try:
-        await redis.set(Keyspace(prefix).epoch, 1, nx=True)
+        await redis.set(keys.layout, len(keys.all), nx=True)
+        for part in keys.all:
+            await redis.set(part.epoch, 1, nx=True)
     finally:
         await redis.aclose()
 

@@ -70,22 +70,33 @@ async def _one(method: str, n: int, keep: bool) -> tuple[float, float, int]:
 
         loop = asyncio.create_task(refresh_loop())
         await asyncio.sleep(0.05)
-        before = await redis.xlen(Keyspace(prefix).events)
+        streams = [part.events for part in Keyspace(prefix).all]
+        before = sum([await redis.xlen(stream) for stream in streams])
         keep_sid = sids[0] if keep else ""
         reason = "password_changed" if keep else "logout_all"
         started = time.perf_counter()
         if method == "mark":
             await store.revoke_user(uid="many", now=now, reason=reason, keep_sid=keep_sid)
         else:
+            # the walk runs on the user's partition like the mark: its keys, and the base
+            # its session keys are derived from
+            part = store.keys.of("many")
             await walk(
-                keys=[store.keys.user_index("many"), store.keys.user_mark("many")],
-                args=[prefix, "many", reason, now, store.deny_until(now), 960, keep_sid],
+                keys=[
+                    part.user_index("many"),
+                    part.user_mark("many"),
+                    part.expiry,
+                    part.events,
+                    part.gen,
+                    part.epoch,
+                ],
+                args=[part.key(""), "many", reason, now, store.deny_until(now), 960, keep_sid],
             )
         took = time.perf_counter() - started
         await asyncio.sleep(0.05)
         stop.set()
         await loop
-        events = await redis.xlen(Keyspace(prefix).events) - before
+        events = sum([await redis.xlen(stream) for stream in streams]) - before
         return took, worst, events
     finally:
         await redis.aclose()
