@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import time
@@ -14,6 +15,7 @@ from redis.asyncio import Redis
 from redis.exceptions import RedisError
 from sqlalchemy.ext.asyncio import async_sessionmaker
 
+from tokend_client._redis import initialized
 from tokend_client.tasks import stop_tasks
 
 from .auth import Authenticator
@@ -77,6 +79,8 @@ def setup_redis(app: web.Application, settings: Settings) -> None:
             pool_size=settings.redis_pool_size,
             pool_timeout=settings.redis_pool_timeout,
         )
+        with contextlib.suppress(RedisError):  # a Redis down at start: checked on first use
+            await initialized(client)
         app[REDIS] = client
         yield
         await client.aclose()

@@ -22,6 +22,7 @@ from aiohttp import web
 from redis.asyncio import Redis
 from sqlalchemy.ext.asyncio import async_sessionmaker
 
+from tokend_client._redis import initialized
 from tokend_client.tasks import stop_tasks
 
 from . import migrate
@@ -181,6 +182,7 @@ async def tail_events(settings: Settings, since: str | None = None) -> None:
     last = _tail_start(since)
     # a blocking XREAD holds its connection: one per partition
     client = make_redis(settings.redis, pool_size=len(parts) + 1, pool_timeout=5.0)
+    await initialized(client)
     followers = [
         asyncio.create_task(_follow_stream(client, p.events, p.index, last)) for p in parts
     ]

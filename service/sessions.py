@@ -436,8 +436,8 @@ class SessionStore:
         """The session's grant while ``jti`` may still refresh it, else None (read-only).
 
         rotate.lua's rule itself (peek.lua shares it through common.lua), read without
-        writing. ``uid``: the user the token names. Used by introspection and by the token endpoint to refuse a widened scope
-        before rotating.
+        writing. ``uid``: the user the token names, ``rot`` its rotation number. Used by
+        introspection and by the token endpoint to refuse a widened scope before rotating.
         """
         p = self.keys.of(uid)
         with redis_errors():

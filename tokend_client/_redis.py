@@ -28,10 +28,18 @@ import redis.asyncio as aioredis
 from redis.asyncio.cluster import RedisCluster
 from redis.asyncio.sentinel import Sentinel
 
-__all__ = ["MODES", "RedisTarget", "parse_sentinels"]
+__all__ = ["MODES", "RedisTarget", "initialized", "parse_sentinels"]
 
 Mode = Literal["standalone", "cluster", "sentinel"]
 MODES: tuple[Mode, ...] = ("standalone", "cluster", "sentinel")
+
+
+async def initialized(client: Any) -> None:
+    """Learn a cluster's slot map before the client's first concurrent use: redis-py's
+    asyncio RedisCluster initializes lazily, and first commands racing each other fail
+    (AttributeError, ConnectionError). Nothing to do for the other modes."""
+    if isinstance(client, RedisCluster):
+        await client.initialize()
 
 
 def parse_sentinels(raw: str) -> tuple[tuple[str, int], ...]:

@@ -9,6 +9,7 @@ import signal
 
 import redis.asyncio as aioredis
 from aiohttp import web
+from redis.exceptions import RedisError
 from sqlalchemy.ext.asyncio import async_sessionmaker
 
 from service.clock import Clock, system_clock
@@ -20,6 +21,7 @@ from service.keys import SqlKeyStore
 from service.redisconn import make_redis, redis_errors
 from service.sessions import SessionStore
 from service.settings import Settings
+from tokend_client._redis import initialized
 
 from .base import Worker, WorkerRunner, heartbeat_fresh
 from .expiry import ExpiryWorker
@@ -59,6 +61,8 @@ async def run_workers(
     ``handle_signals=False`` and cancel the task instead: a loop has one handler per signal.
     """
     redis = make_redis(settings.redis, pool_size=8, pool_timeout=5.0)
+    with contextlib.suppress(RedisError):  # a Redis down at start: the workers retry
+        await initialized(redis)
     engine = make_engine(settings.database_url)
     keys = SqlKeyStore(async_sessionmaker(engine), Sealer(resolve_kek(settings)))
     runner = WorkerRunner(
