@@ -4,7 +4,10 @@ It verifies access tokens from tokend's JWKS and follows tokend's revocation eve
 so a logout at tokend is refused here within milliseconds. Environment:
 
     TOKEND_JWKS_URL        default: $TOKEND_ISSUER/.well-known/jwks.json
-    TOKEND_REDIS_URL       default: redis://127.0.0.1:6379/0
+    TOKEND_REDIS_MODE      standalone (default), cluster or sentinel, with
+                           TOKEND_REDIS_URL (default: redis://127.0.0.1:6379/0; a cluster:
+                           any node), or TOKEND_REDIS_SENTINELS and
+                           TOKEND_REDIS_SENTINEL_MASTER: the same variables as tokend's
     TOKEND_REDIS_PREFIX    default: tokend
     TOKEND_ISSUER          default: http://127.0.0.1:8080
     TOKEND_AUDIENCE        default: tokend
@@ -27,7 +30,7 @@ from collections.abc import Mapping
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from tokend_client import CLAIMS_KEY, RevocationListener, TokenVerifier, setup
+from tokend_client import CLAIMS_KEY, RedisTarget, RevocationListener, TokenVerifier, setup
 
 LISTENER: web.AppKey[RevocationListener] = web.AppKey("listener", RevocationListener)
 
@@ -63,7 +66,7 @@ def create_app(env: Mapping[str, str]) -> web.Application:
         cache_size=int(env.get("TOKEND_VERIFY_CACHE_SIZE", "10000")),
     )
     listener = RevocationListener(
-        env.get("TOKEND_REDIS_URL", "redis://127.0.0.1:6379/0"),
+        RedisTarget.from_env(env),
         prefix=env.get("TOKEND_REDIS_PREFIX", "tokend"),
     )
     app = web.Application()

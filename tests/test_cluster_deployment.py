@@ -6,12 +6,18 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import subprocess
 import time
 from pathlib import Path
 from typing import Any
 
-from tests.support import unverified
+import pytest
+
+from service.devredis import free_port
+from tests.support import bearer, unverified
+from tests.support import register_and_login as register_and_login_client
+from tests.test_example_service import ExampleService
 from tests.test_processes import TOKEND, call, login, register_and_login, serve_env, serving
 from tokend_client import RevocationListener
 from tokend_client._redis import RedisTarget
@@ -121,3 +127,37 @@ async def test_api_processes_workers_tail_and_subscriber_on_a_cluster(
             assert tail.wait(timeout=10) == 0
             for worker in workers:
                 worker.wait(timeout=10)
+
+
+@pytest.mark.parametrize("kind", ["cluster", "sentinel"])
+async def test_the_example_service_follows_revocations_in_each_mode(
+    kind: str,
+    request: pytest.FixtureRequest,
+    make_client: Any,
+    make_settings: Any,
+    redis_prefix: str,
+    tmp_path: Path,
+) -> None:
+    """examples/protected_service.py reads the same TOKEND_REDIS_* variables as tokend."""
+    topology = request.getfixturevalue(f"redis_{kind}")
+    tokend = await make_client(settings=make_settings(**topology.env()))
+    env = {
+        **{k: v for k, v in os.environ.items() if not k.startswith("TOKEND_")},
+        **topology.env(),
+        "PYTHONUNBUFFERED": "1",
+        "TOKEND_JWKS_URL": str(tokend.make_url("/.well-known/jwks.json")),
+        "TOKEND_REDIS_PREFIX": redis_prefix,
+    }
+    service = ExampleService(env, free_port(), tmp_path / "example.log")
+    try:
+        await service.start()
+        pair = await register_and_login_client(tokend, "erin")
+        assert (await service.get("/protected", pair["access_token"]))[0] == 200
+        resp = await tokend.post("/auth/logout", headers=bearer(pair["access_token"]))
+        assert resp.status == 204
+        deadline = time.monotonic() + 5
+        while (await service.get("/protected", pair["access_token"]))[0] != 401:
+            assert time.monotonic() < deadline, service.log_path.read_text()
+            await asyncio.sleep(0.01)
+    finally:
+        await service.close()

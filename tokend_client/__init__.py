@@ -1,7 +1,7 @@
 """tokend_client: verify tokend access tokens and follow its revocations in any aiohttp service.
 
     verifier = TokenVerifier(jwks_url, issuer=..., audience=...)
-    listener = RevocationListener(redis_url, prefix="tokend")
+    listener = RevocationListener(redis_url, prefix="tokend")   # or RedisTarget.from_env(env)
     setup(app, verifier, listener)          # middleware + start/close with the app
     ...
     claims = request[CLAIMS_KEY]            # in a handler
@@ -40,6 +40,7 @@ if TYPE_CHECKING:
     )
     from ._listener import RevocationListener
     from ._middleware import CLAIMS_KEY, auth_middleware, setup
+    from ._redis import RedisTarget
     from ._session import LoginHook, TokenSession
     from ._store import FileTokenStore, MemoryTokenStore, Tokens, TokenStore
     from ._verifier import TokenVerifier
@@ -56,6 +57,7 @@ _EXPORTS = {
     "TokenRevoked": "._errors",
     "RevocationListener": "._listener",
     "CLAIMS_KEY": "._middleware",
+    "RedisTarget": "._redis",
     "auth_middleware": "._middleware",
     "setup": "._middleware",
     "LoginHook": "._session",
@@ -90,6 +92,7 @@ __all__ = [
     "LoginHook",
     "LoginRequired",
     "MemoryTokenStore",
+    "RedisTarget",
     "RevocationListener",
     "TokenExpired",
     "TokenRevoked",
