@@ -6,6 +6,9 @@
 Subcommands: refresh, login, verify, revocation, sweep, memory, profile, all. The report
 is markdown on stdout (progress on stderr); targets are printed next to the figures,
 never asserted. Needs wrk and the Redis at $TOKEND_REDIS_URL (default 127.0.0.1:6379).
+
+cluster, acks, failover, capacity (``topology``: all four; ``--quick``: small) start
+private Redis topologies of their own instead (bench/cluster.py, failover.py, capacity.py).
 """
 
 from __future__ import annotations
@@ -25,6 +28,9 @@ from bench.harness import git_state, median
 from bench.report import Section, progress, targets_summary
 
 SECTIONS = ("refresh", "login", "verify", "revocation", "sweep", "memory", "profile")
+# Private Redis topologies (bench/cluster.py, failover.py, capacity.py): "topology" runs all
+# four; not part of "all".
+TOPOLOGY = ("cluster", "acks", "failover", "capacity")
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -33,7 +39,7 @@ def _parser() -> argparse.ArgumentParser:
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("what", choices=(*SECTIONS, "all"))
+    p.add_argument("what", choices=(*SECTIONS, "all", *TOPOLOGY, "topology"))
     p.add_argument("--rounds", type=int, default=3, help="interleaved rounds (default 3)")
     p.add_argument("--duration", type=float, default=10, help="seconds per load run")
     p.add_argument(
@@ -55,6 +61,14 @@ def _parser() -> argparse.ArgumentParser:
         help="before each load run, wait up to this many seconds for the CPUs to "
         "be under 25%% busy (default 15)",
     )
+    p.add_argument("--processes", default="1,2", help="cluster: API process counts (1,2)")
+    p.add_argument("--failover-runs", type=int, default=5, help="failover: runs per mode")
+    p.add_argument("--capacity-sessions", type=int, default=20_000, help="capacity: memory")
+    p.add_argument(
+        "--quick",
+        action="store_true",
+        help="topology sections: 1 round of 3 s, 2 failover runs, 5,000 sessions for memory",
+    )
     p.add_argument("--out", help="also write the report to this file")
     return p
 
@@ -62,6 +76,8 @@ def _parser() -> argparse.ArgumentParser:
 def _run(args: argparse.Namespace, name: str) -> Section:
     from bench import profile, redis_state, subscriber, throughput
 
+    if name in TOPOLOGY:
+        return _topology(args, name)
     chosen = [c for c in contenders.ALL if c.key in args.contenders.split(",")]
     if name in ("verify", "revocation") and (skip := subscriber.example_missing()):
         return skip
@@ -81,6 +97,23 @@ def _run(args: argparse.Namespace, name: str) -> Section:
         "profile": lambda: profile.profile_section(args.duration, args.sessions),
     }
     return run[name]()
+
+
+def _topology(args: argparse.Namespace, name: str) -> Section:
+    from bench import capacity, cluster, failover
+
+    rounds, duration = (1, 3.0) if args.quick else (args.rounds, args.duration)
+    sessions = max(args.sessions, 200)  # at least one chain per wrk connection
+    if name == "cluster":
+        procs = [int(x) for x in args.processes.split(",")]
+        return cluster.cluster_section(rounds, duration, sessions, procs)
+    if name == "acks":
+        return cluster.acks_section(rounds, duration, sessions, 1000)
+    if name == "failover":
+        return failover.failover_section(2 if args.quick else args.failover_runs)
+    return capacity.capacity_section(
+        duration, sessions, 5000 if args.quick else args.capacity_sessions
+    )
 
 
 def main() -> None:
@@ -105,7 +138,8 @@ def main() -> None:
     print(header, flush=True)
     report = [header]
     sections: list[Section] = []
-    for name in SECTIONS if args.what == "all" else (args.what,):
+    chosen = {"all": SECTIONS, "topology": TOPOLOGY}.get(args.what, (args.what,))
+    for name in chosen:
         progress(f"== {name}")
         seen = len(harness.BACKGROUND)
         try:
