@@ -222,3 +222,75 @@ async def test_a_rotation_the_replica_missed_rolls_forward_and_replay_is_still_c
     assert (await refresh_status(stolen["refresh_token"]))[0] == 401
     assert (await me(client, stolen["access_token"]))[0] == 401
     assert client.app[FENCE].fences == 0
+
+
+async def _until_not_503(call: Any, timeout: float = 15.0) -> Any:
+    """The first answer that is not 503 (a client reconnecting after a Redis change)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        resp = await call()
+        if resp.status != 503:
+            return resp
+        assert time.monotonic() < deadline, "still 503"
+        await asyncio.sleep(0.1)
+
+
+async def test_a_logout_is_not_answered_before_a_replica_has_it(
+    fresh_redis_sentinel: Any, make_client: Any, make_settings: Any
+) -> None:
+    """With TOKEND_REDIS_REPLICA_ACKS=1 and the replica frozen, a logout is answered 503
+    with Retry-After (it is on the primary only), never 204. Once the replica is back the
+    client's retry finds the session ended (401: its token is already refused, as for any
+    second logout), and so does a refresh."""
+    import signal
+
+    topology = fresh_redis_sentinel
+    settings = make_settings(
+        **topology.env(),
+        TOKEND_REDIS_REPLICA_ACKS="1",
+        TOKEND_REDIS_REPLICA_ACK_TIMEOUT="300",
+    )
+    client = await make_client(settings=settings)
+    pair = await register_and_login(client, "dana")
+    replica = topology.replica
+    replica.proc.send_signal(signal.SIGSTOP)
+    try:
+        resp = await client.post("/auth/logout", headers=bearer(pair["access_token"]))
+        assert resp.status == 503, await resp.text()
+        assert resp.headers["Retry-After"]
+        resp = await client.post("/auth/login", json={"username": "dana", "password": "x" * 12})
+        assert resp.status in (401, 503)  # a login's session would have to wait as well
+    finally:
+        replica.proc.send_signal(signal.SIGCONT)
+    resp = await _until_not_503(
+        lambda: client.post("/auth/logout", headers=bearer(pair["access_token"]))
+    )
+    assert resp.status == 401
+    resp = await client.post("/auth/refresh", json={"refresh_token": pair["refresh_token"]})
+    assert resp.status == 401
+
+
+async def test_losing_the_primary_and_its_replica_is_still_fenced(
+    fresh_redis_sentinel: Any, make_client: Any, make_settings: Any
+) -> None:
+    """The fence still catches real data loss: primary and replica both killed and back
+    empty. Every session from before is refused (refresh and access token), as on one
+    Redis that lost its data."""
+    topology = fresh_redis_sentinel
+    settings = make_settings(**topology.env(), TOKEND_REDIS_REPLICA_ACKS="1")
+    client = await make_client(settings=settings)
+    pairs = [await register_and_login(client, f"lost{i}") for i in range(3)]
+    primary, replica = topology.primary, topology.replica
+    topology.kill9(replica)
+    topology.kill9(primary)
+    await asyncio.to_thread(topology.restart, primary, True)
+    await asyncio.to_thread(topology.restart, replica, True)
+    for pair in pairs:
+        resp = await _until_not_503(
+            lambda pair=pair: client.post(
+                "/auth/refresh", json={"refresh_token": pair["refresh_token"]}
+            )
+        )
+        assert resp.status == 401
+        assert (await me(client, pair["access_token"]))[0] == 401
+    assert client.app[FENCE].fences >= 1
