@@ -30,6 +30,7 @@ from bench.harness import write_lines as _write
 from bench.harness import wrk_cmd as _wrk_cmd
 from bench.report import Section, progress
 from service.http.request import FIELD_BYTES, shorten
+from service.keyspace import Keyspace
 from service.redisconn import make_redis
 from service.sessions import SessionStore
 from service.settings import Settings
@@ -196,7 +197,7 @@ async def _memory(n: int, label: str, sent: str) -> dict[str, float]:
                 )
             rotated = int((await redis.info("memory"))["used_memory"]) - base
             kinds: dict[str, int] = {}
-            pattern = f"{settings.redis_prefix}:*"
+            pattern = Keyspace(settings.redis_prefix).pattern
             keys = [k async for k in redis.scan_iter(match=pattern, count=5000)]
             for i in range(0, len(keys), 5000):
                 chunk = keys[i : i + 5000]
