@@ -101,12 +101,12 @@ def _measure(one: Standalone, what: str, url: str, duration: float, script: str,
     others = _others_usec(node)
     r = parse_wrk(out)
     n = max(1, sum(r.statuses.values()))
-    idle_cmd, idle_proc = idle
+    _idle_cmd, idle_proc = idle
     cost = Cost(
         what,
         n,
         ok_count(r),
-        (usec - idle_cmd * (t1 - t0)) / n,
+        usec / n,
         others / n,
         ((p1 - p0) * 1e6 - idle_proc * (t1 - t0)) / n,
         {k.removeprefix("cmdstat_"): v / n for k, v in sorted(calls.items())},
@@ -238,7 +238,7 @@ def capacity_section(duration: float, n: int, mem_sessions: int) -> Section:
         "the requests wrk counted (every status). tokend's idle Redis traffic with no "
         f"requests ({idle_cmd:.0f} "
         f"usec/s in commands, {idle_proc:.0f} usec/s process CPU over 3 s) is subtracted "
-        "from the scripts' and the process figures. "
+        "from the process figure only (the commands' share of it is negligible). "
         f"refresh at {CONNECTIONS} connections over {n} token chains; login at "
         f"{LOGIN_CONNECTIONS} (one user); me at {CONNECTIONS} cycling {n} sessions' access "
         "tokens (each request one deny check).",

@@ -415,7 +415,7 @@ def acks_section(rounds: int, duration: float, n: int, pool: int) -> Section:
         f"for logout, {pool} users with one session each for logout-all), "
         f"{min(duration, 3):g} s runs; when the pool ran out before the run's end the rate "
         "is connections / mean latency (Little's law: every connection was busy until then) "
-        "and marked so. Load average after each round: {fmt(loads, 1)}.",
+        f"and marked so. Load average after each round: {fmt(loads, 1)}.",
         "",
     )
     rows = []

@@ -14,6 +14,8 @@ same token again. Every answer is timestamped. Bounded: each run stops at most
 from __future__ import annotations
 
 import asyncio
+import base64
+import json
 import os
 import time
 from collections import Counter
@@ -21,11 +23,13 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import aiohttp
+from redis.crc import key_slot
 
 from bench.cluster import sessions, tokend_on
-from bench.harness import percentile, wait_quiet
+from bench.harness import fmt, percentile, wait_quiet
 from bench.report import Section, progress
-from tests.support.topology import Topology
+from service.keyspace import Keyspace
+from tests.support.topology import Node, Topology
 from tests.support.topology_cluster import RedisCluster
 from tests.support.topology_sentinel import RedisSentinel
 
@@ -39,13 +43,18 @@ AFTER = 0.5  # load kept after the last affected client is back
 @dataclass
 class Run:
     promoted_s: float  # kill -> the topology reports the replica promoted (50 ms polls)
-    first_ok_s: float  # kill -> the first 200 of a client that had failed
-    all_ok_s: float  # kill -> every client that failed has had a 200 again
+    first_ok_s: float  # kill -> the first 200 of a client on the killed primary
+    all_ok_s: float  # kill -> every client on the killed primary has had a 200 again
     affected: int  # clients that saw a failure after the kill
     statuses: Counter[int] = field(default_factory=Counter)  # non-200 after the kill
     slowest_ms: float = 0.0  # the longest request in flight across the kill
     lost: int = 0  # clients whose session ended (401) and stopped
     ok_during: int = 0  # 200s answered between the kill and the promotion
+    on_victim: int = 0  # clients whose partition was on the killed primary
+    others_hit: int = 0  # clients on the other primaries that got a non-200
+    others_errors: int = 0  # their non-200s
+    others_last_error_s: float = 0.0  # kill -> their last non-200
+    others_first_error_s: float = 0.0  # kill -> their first non-200
     load: float = 0.0
 
 
@@ -77,7 +86,28 @@ async def _worker(
             await asyncio.sleep(RETRY_PAUSE)
 
 
-async def _one_run(topo: Topology, url: str, tokens: list[str]) -> Run:
+def _uid(access_token: str) -> str:
+    payload = access_token.split(".")[1]
+    claims: dict[str, str] = json.loads(
+        base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4))
+    )
+    return claims["sub"]
+
+
+def _victims(topo: Topology, victim: Node, prefix: str, uids: list[str]) -> set[int]:
+    """The clients whose user's partition lives on ``victim``."""
+    if not isinstance(topo, RedisCluster):
+        return set(range(len(uids)))
+    slots = set(topo.slots_of(victim))
+    keys = Keyspace(prefix)
+    return {
+        i for i, uid in enumerate(uids) if key_slot(keys.of(uid).session("x").encode()) in slots
+    }
+
+
+async def _one_run(
+    topo: Topology, url: str, tokens: list[str], uids: list[str], prefix: str
+) -> Run:
     stop = asyncio.Event()
     log: list[tuple[float, float, int, int]] = []
     timeout = aiohttp.ClientTimeout(total=10)
@@ -88,6 +118,7 @@ async def _one_run(topo: Topology, url: str, tokens: list[str]) -> Run:
         ]
         await asyncio.sleep(WARMUP)
         victim = topo.primaries()[0]  # type: ignore[attr-defined]
+        hit = await asyncio.to_thread(_victims, topo, victim, prefix, uids)
         killed = time.monotonic()
         await asyncio.to_thread(topo.kill9, victim)  # type: ignore[attr-defined]
         wait: Callable[..., object] = topo.wait_failover  # type: ignore[attr-defined]
@@ -96,22 +127,32 @@ async def _one_run(topo: Topology, url: str, tokens: list[str]) -> Run:
         # Until every client that failed after the kill has had a 200 after its failure.
         deadline = killed + RUN_CAP
         while time.monotonic() < deadline:
-            failed = {c for _s, a, c, st in log if a >= killed and st != 200}
-            back = {c for c in failed if _first_ok_after_failure(log, c, killed) is not None}
+            back = {c for sent, _a, c, st in log if sent >= killed and st == 200}
             lost = {c for _s, _a, c, st in log if st == 401}
-            if failed and failed - lost <= back:
+            if hit - lost <= back:
                 break
             await asyncio.sleep(0.05)
         await asyncio.sleep(AFTER)
         stop.set()
         await asyncio.gather(*tasks)
     failed = {c for _s, a, c, st in log if a >= killed and st != 200}
-    oks = [t for c in failed if (t := _first_ok_after_failure(log, c, killed)) is not None]
+    # A victim client is back at the first 200 to a request sent after the kill.
+    oks = [
+        min((a for sent, a, c2, st in log if c2 == c and sent >= killed and st == 200),
+            default=float("nan"))
+        for c in hit
+    ]  # fmt: skip
+    others = [(a, st) for _s, a, c, st in log if c not in hit and a >= killed and st != 200]
     across = [a - s for s, a, _c, _st in log if s < killed <= a]
     return Run(
         promoted_s=promoted,
         first_ok_s=(min(oks) - killed) if oks else float("nan"),
         all_ok_s=(max(oks) - killed) if oks else float("nan"),
+        on_victim=len(hit),
+        others_hit=len({c for _s, a, c, st in log if c not in hit and a >= killed and st != 200}),
+        others_errors=len(others),
+        others_last_error_s=max((a for a, _st in others), default=killed) - killed,
+        others_first_error_s=min((a for a, _st in others), default=killed) - killed,
         affected=len(failed),
         statuses=Counter(st for _s, a, _c, st in log if a >= killed and st != 200),
         slowest_ms=max(across, default=0.0) * 1000,
@@ -121,33 +162,32 @@ async def _one_run(topo: Topology, url: str, tokens: list[str]) -> Run:
     )
 
 
-def _first_ok_after_failure(
-    log: list[tuple[float, float, int, int]], client: int, killed: float
-) -> float | None:
-    """When ``client`` first had a 200 after its first failure past ``killed``."""
-    seen_failure = False
-    for _s, answered, c, status in log:
-        if c != client or answered < killed:
-            continue
-        if status != 200:
-            seen_failure = True
-        elif seen_failure:
-            return answered
-    return None
+# Redis Cluster's default cluster-require-full-coverage yes: every node refuses every key
+# (CLUSTERDOWN) while any slot is uncovered; "no" keeps the healthy shards serving.
+MODES: dict[str, Callable[[], Topology]] = {
+    "cluster": lambda: RedisCluster(),
+    "cluster, full-coverage no": lambda: RedisCluster(
+        extra=["--cluster-require-full-coverage", "no"]
+    ),
+    "sentinel": lambda: RedisSentinel(),
+}
 
 
 def _run_mode(mode: str) -> Run:
-    topo: Topology = RedisCluster() if mode == "cluster" else RedisSentinel()
+    topo: Topology = MODES[mode]()
     with topo:
         env = topo.env()  # type: ignore[attr-defined]
         with tokend_on(env, 1, {"TOKEND_REDIS_REPLICA_ACKS": "1"}) as server:
             bodies = sessions(server.url, WORKERS, users=WORKERS)
+            uids = [_uid(b["access_token"]) for b in bodies]
             wait_quiet()
-            return asyncio.run(_one_run(topo, server.url, [b["refresh_token"] for b in bodies]))
+            tokens = [b["refresh_token"] for b in bodies]
+            prefix = server.env["TOKEND_REDIS_PREFIX"]
+            return asyncio.run(_one_run(topo, server.url, tokens, uids, prefix))
 
 
 def failover_section(runs: int) -> Section:
-    res: dict[str, list[Run]] = {"cluster": [], "sentinel": []}
+    res: dict[str, list[Run]] = {mode: [] for mode in MODES}
     for i in range(runs):
         for mode in res:
             t0 = time.monotonic()
@@ -156,7 +196,10 @@ def failover_section(runs: int) -> Section:
             progress(
                 f"[failover] {mode} run {i + 1}/{runs}: promoted {r.promoted_s:.2f} s, "
                 f"first 200 {r.first_ok_s:.2f} s, all back {r.all_ok_s:.2f} s, "
-                f"{r.affected} clients hit, {r.ok_during} 200s before the promotion, "
+                f"{r.on_victim} on the victim, {r.affected} hit, others hit {r.others_hit} "
+                f"({r.others_errors} errors, {r.others_first_error_s:.2f}-"
+                f"{r.others_last_error_s:.2f} s), "
+                f"{r.ok_during} 200s before the promotion, "
                 f"errors {dict(r.statuses)}, lost {r.lost} "
                 f"({time.monotonic() - t0:.0f} s, load {r.load:.1f})"
             )
@@ -167,10 +210,13 @@ def failover_section(runs: int) -> Section:
         "then `kill -9` of a primary (the cluster: the one holding slot 0, a third of the "
         "partitions; Sentinel: the only one). A client that gets a non-200 waits "
         f'{RETRY_PAUSE * 1000:g} ms and tries again. "first 200": from the kill to the '
-        'first 200 of a client that had failed; "all back": to the moment the last such '
-        'client had its 200; "promoted": until the topology\'s own check (CLUSTER NODES '
+        "first 200 to a request sent after the kill by a client whose user's partition was "
+        "on the killed primary (its slots before the kill; on Sentinel every client); "
+        '"all of them back": to the last such client\'s; "promoted": until the topology\'s '
+        "own check (CLUSTER NODES "
         "settled / every sentinel names the replica, polled every 50 ms) saw the new "
-        "primary. Fresh topology and tokend each run; cluster-node-timeout 1000 ms, "
+        "primary. Fresh topology and tokend each run; cluster-node-timeout 1000 ms "
+        '("full-coverage no": the same cluster with `cluster-require-full-coverage no`), '
         "Sentinel down-after-milliseconds 1000 and failover-timeout 2000. Nearest-rank "
         "percentiles over the runs (with 5 runs p99 is the worst run).",
         "",
@@ -184,8 +230,8 @@ def failover_section(runs: int) -> Section:
             errors.update(r.statuses)
         codes = ", ".join(f"{n}x{'no answer' if c == 0 else c}" for c, n in sorted(errors.items()))
         for label, xs in (
-            ("first 200 again", [r.first_ok_s for r in rs]),
-            ("all clients back", [r.all_ok_s for r in rs]),
+            ("first 200 again (clients on the killed primary)", [r.first_ok_s for r in rs]),
+            ("all of them back", [r.all_ok_s for r in rs]),
             ("replica promoted (topology's view)", [r.promoted_s for r in rs]),
         ):
             rows.append(
@@ -202,6 +248,18 @@ def failover_section(runs: int) -> Section:
                 codes or "none",
                 "",
                 f"{min(r.affected for r in rs)}-{max(r.affected for r in rs)} of {WORKERS}",
+            ]
+        )
+        rows.append(
+            [
+                f"{mode}: clients on the killed primary; clients elsewhere that got a non-200",
+                f"{percentile([r.on_victim for r in rs], 50)}",
+                f"{percentile([r.others_hit for r in rs], 50)}",
+                f"on the victim {min(r.on_victim for r in rs)}-{max(r.on_victim for r in rs)}"
+                f", elsewhere hit {min(r.others_hit for r in rs)}-"
+                f"{max(r.others_hit for r in rs)} ({sum(r.others_errors for r in rs)} "
+                f"non-200s in all, from {fmt([r.others_first_error_s for r in rs], 2)} s to "
+                f"{fmt([r.others_last_error_s for r in rs], 2)} s after the kill)",
             ]
         )
         rows.append(
