@@ -35,7 +35,7 @@ from service.redisconn import make_redis
 from service.sessions import SessionStore
 from service.settings import Settings
 from service.tokens import new_id
-from tokend_client._redis import RedisTarget
+from tokend_client.redis_target import RedisTarget
 
 BROWSER_UA = (
     "Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 (KHTML, like Gecko) "

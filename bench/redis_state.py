@@ -24,7 +24,7 @@ from service.redisconn import make_redis
 from service.sessions import SessionStore
 from service.settings import Settings
 from service.tokens import new_id
-from tokend_client._redis import RedisTarget
+from tokend_client.redis_target import RedisTarget
 from workers.expiry import ExpiryWorker
 
 CHUNK = 5_000

@@ -332,7 +332,7 @@ async def _add_revocations(prefix: str, n: int) -> None:
     from service.sessions import SessionStore
     from service.settings import Settings
     from service.tokens import new_id
-    from tokend_client._redis import RedisTarget
+    from tokend_client.redis_target import RedisTarget
 
     redis = make_redis(RedisTarget(url=REDIS_URL), pool_size=32, pool_timeout=30)
     store = SessionStore.from_settings(redis, replace(Settings(), redis_prefix=prefix))

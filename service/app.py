@@ -15,7 +15,7 @@ from redis.asyncio import Redis
 from redis.exceptions import RedisError
 from sqlalchemy.ext.asyncio import async_sessionmaker
 
-from tokend_client._redis import initialized
+from tokend_client.redis_target import initialized
 from tokend_client.tasks import stop_tasks
 
 from .auth import Authenticator

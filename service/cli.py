@@ -22,7 +22,7 @@ from aiohttp import web
 from redis.asyncio import Redis
 from sqlalchemy.ext.asyncio import async_sessionmaker
 
-from tokend_client._redis import initialized
+from tokend_client.redis_target import initialized
 from tokend_client.tasks import stop_tasks
 
 from . import migrate

@@ -26,7 +26,9 @@
     ├── Conflict                         the resource already exists
     ├── RateLimited                      too many attempts; carries retry_after
     └── Unavailable                      Redis or database gone; carries retry_after
-        └── ProviderUnavailable          an OpenID provider down, slow or answering garbage
+        ├── ProviderUnavailable          an OpenID provider down, slow or answering garbage
+        ├── ReplicaLag                   a write not on enough replicas in time
+        └── LayoutMismatch               Redis holds data in another partition count
 
 The domain raises these and never imports aiohttp; ``service.http.errors`` holds the one
 table from class to HTTP status and OAuth error code, and renders every error response.
@@ -194,3 +196,16 @@ class ProviderUnavailable(Unavailable):
     """An external OpenID provider is unreachable, slow or answered garbage (upstream)."""
 
     description = "identity provider unavailable"
+
+
+class ReplicaLag(Unavailable):
+    """A write is on the primary but not yet on TOKEND_REDIS_REPLICA_ACKS replicas."""
+
+    description = "the write is not yet on enough replicas"
+
+
+class LayoutMismatch(Unavailable):
+    """Redis holds tokend data laid out in another partition count than
+    TOKEND_REDIS_PARTITIONS (start-up stops; a request is answered 503)."""
+
+    description = "Redis holds data of another partition layout"

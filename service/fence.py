@@ -52,7 +52,7 @@ import redis.asyncio as aioredis
 
 from . import replies
 from .clock import Clock
-from .errors import TokendError, Unavailable
+from .errors import ConfigError, LayoutMismatch, TokendError, Unavailable
 from .keyspace import DEFAULT_PARTITIONS, Keyspace
 from .positions import Position, PositionStore, parse_position
 from .redisconn import redis_errors
@@ -65,10 +65,6 @@ log = logging.getLogger("tokend.fence")
 def _fence_script() -> str:
     lua = resources.files("service") / "lua"
     return (lua / "common.lua").read_text() + "\n" + (lua / "fence.lua").read_text()
-
-
-class LayoutMismatch(TokendError):
-    """Redis holds data of a deployment with another partition count."""
 
 
 class RedisFence:
@@ -109,6 +105,9 @@ class RedisFence:
         self.known: dict[int, Position] = {}
         self._durable: dict[int, Position] = {}  # last loaded from or saved to SQL
         self._locks = [asyncio.Lock() for _ in self.keys.all]
+        # One SQL checkpoint at a time: fences of several partitions at once would
+        # otherwise write the same table concurrently (SQLite: one writer at a time).
+        self._checkpointing = asyncio.Lock()
         self._fence = redis.register_script(_fence_script())
         #: Fences this process ran (data loss or rollback detected).
         self.fences = 0
@@ -173,15 +172,14 @@ class RedisFence:
         """Check the layout, load the SQL marks, then check every partition (an
         unreachable Redis is checked lazily)."""
         if self.positions is not None:
-            for part in range(self.keys.partitions):
-                stored = await self.positions.load(self._store_key(part))
-                if stored is not None:
-                    self._durable[part] = stored
+            await self._load_durable()
         try:
             await self.check_layout()
-            for part in range(self.keys.partitions):
-                await self.ensure(part)
+            # together: a fence waits for the second to turn, once for all partitions
+            await asyncio.gather(*(self.ensure(p) for p in range(self.keys.partitions)))
             await self.checkpoint()  # a loss right after the first start is caught too
+        except LayoutMismatch as exc:
+            raise ConfigError(f"TOKEND_REDIS_PARTITIONS: {exc.description}") from None
         except Unavailable as exc:
             log.warning("Redis not checked at start-up, will be on first use: %s", exc)
 
@@ -291,13 +289,34 @@ class RedisFence:
         """Raise the SQL marks to the known positions (and learn higher ones from them)."""
         if self.positions is None:
             return
-        for part, known in list(self.known.items()):
-            durable = self._durable.get(part)
-            if durable is not None and durable >= known:
-                continue
-            self._durable[part] = await self.positions.raise_to(
-                self._store_key(part), known, self.clock()
-            )
+        async with self._checkpointing:
+            await self._checkpoint()
+
+    async def _checkpoint(self) -> None:
+        assert self.positions is not None
+        ahead = {
+            self._store_key(part): known
+            for part, known in self.known.items()
+            if part not in self._durable or self._durable[part] < known
+        }
+        if not ahead:
+            return
+        parts = {self._store_key(p): p for p in range(self.keys.partitions)}
+        stored = await self.positions.raise_all(ahead, self.clock())
+        for key, position in stored.items():
+            self._durable[parts[key]] = position
+
+    async def _sync_durable(self) -> None:
+        await self.checkpoint()
+        if self.positions is not None:
+            await self._load_durable()
+
+    async def _load_durable(self) -> None:
+        """The SQL marks of every partition (one query)."""
+        assert self.positions is not None
+        parts = {self._store_key(p): p for p in range(self.keys.partitions)}
+        for key, position in (await self.positions.load_all(parts)).items():
+            self._durable[parts[key]] = position
 
     async def _look(self) -> dict[int, tuple[Position | None, bool]]:
         """Every partition's position now, and whether it counts as seen: as read (no
@@ -319,18 +338,23 @@ class RedisFence:
         while True:
             await asyncio.sleep(self.check_interval)
             try:
+                behind = []
                 for part, (seen, confirmed) in (await self._look()).items():
                     if self.behind(seen, self.known.get(part)) or part not in self.known:
-                        await self.recover(part)
+                        behind.append(part)
                     elif seen is not None and confirmed:
                         self.observe(part, seen)
+                await asyncio.gather(*(self.recover(p) for p in behind))
                 if loop.time() - last_checkpoint >= self.checkpoint_interval:
-                    await self.checkpoint()
-                    if self.positions is not None:
-                        for part in range(self.keys.partitions):
-                            durable = await self.positions.load(self._store_key(part))
-                            if durable is not None:
-                                self._durable[part] = durable
+                    # A cancel (shutdown) in the middle of a SQL transaction would leave
+                    # its connection stuck: the transaction finishes, then run() stops.
+                    job = asyncio.ensure_future(self._sync_durable())
+                    try:
+                        await asyncio.shield(job)
+                    except asyncio.CancelledError:
+                        with contextlib.suppress(Exception):
+                            await job
+                        raise
                     last_checkpoint = loop.time()
             except asyncio.CancelledError:
                 raise

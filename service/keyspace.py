@@ -4,7 +4,7 @@
 (``TOKEND_REDIS_PARTITIONS``, fixed when a deployment is created; ``P:partitions``
 records it): a user lives in partition ``crc32(uid) % n``, and every key of the user
 and of the partition's event log shares the partition's hash tag ``T``
-(tokend_client/_keys.py), so every script runs in one Redis Cluster slot and a user's
+(tokend_client/partitions.py), so every script runs in one Redis Cluster slot and a user's
 logout-all stays one atomic script.
 
     P:{T}:s:<sid>     session hash (see service/sessions.py for its fields)
@@ -23,7 +23,7 @@ logout-all stays one atomic script.
     P:workers:heartbeat      hash: host:pid → last beat
 
 The subscriber library builds the names it reads (the layout, and per partition the
-stream, epoch and gen) with the same functions (tokend_client/_keys.py).
+stream, epoch and gen) with the same functions (tokend_client/partitions.py).
 
 Every script receives the keys it touches through ``KEYS``; ``Partition.head`` is the
 part every script of service/lua/ starts its KEYS with (see common.lua).
@@ -34,7 +34,7 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass, field
 
-from tokend_client._keys import PartitionKeys, partition_of, partition_tags
+from tokend_client.partitions import PartitionKeys, partition_of, partition_tags
 
 DEFAULT_PARTITIONS = 16
 

@@ -5,6 +5,7 @@ See service/fence.py for how the two are used.
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -38,37 +39,60 @@ class PositionStore:
         self._sessions = sessions
 
     async def load(self, prefix: str) -> Position | None:
+        return (await self.load_all([prefix])).get(prefix)
+
+    async def load_all(self, keys: Iterable[str]) -> dict[str, Position]:
+        """The stored positions of ``keys`` (one query; absent keys are left out)."""
+        wanted = list(keys)
         with db_errors():
             async with self._sessions() as session:
-                row = await session.get(RedisPositionRow, prefix)
-                return None if row is None else Position(row.epoch, row.gen)
+                rows = await session.scalars(
+                    select(RedisPositionRow).where(RedisPositionRow.prefix.in_(wanted))
+                )
+                return {row.prefix: Position(row.epoch, row.gen) for row in rows}
 
     async def raise_to(self, prefix: str, position: Position, now: float) -> Position:
         """Store ``position`` unless a higher one is stored; the stored one."""
+        return (await self.raise_all({prefix: position}, now))[prefix]
+
+    async def raise_all(self, positions: Mapping[str, Position], now: float) -> dict[str, Position]:
+        """Store each position unless a higher one is stored, in one transaction; the
+        stored ones."""
         for _ in range(3):
             try:
                 with db_errors():
                     async with self._sessions() as session, session.begin():
-                        row = await session.scalar(
-                            select(RedisPositionRow)
-                            .where(RedisPositionRow.prefix == prefix)
-                            .with_for_update()
-                        )
-                        if row is None:
-                            session.add(
-                                RedisPositionRow(
-                                    prefix=prefix,
-                                    epoch=position.epoch,
-                                    gen=position.gen,
-                                    updated_at=now,
-                                )
+                        rows = {
+                            row.prefix: row
+                            for row in await session.scalars(
+                                select(RedisPositionRow)
+                                .where(RedisPositionRow.prefix.in_(list(positions)))
+                                .with_for_update()
                             )
-                            return position
-                        stored = Position(row.epoch, row.gen)
-                        if position > stored:
-                            row.epoch, row.gen, row.updated_at = position.epoch, position.gen, now
-                            return position
+                        }
+                        stored: dict[str, Position] = {}
+                        for key, position in positions.items():
+                            row = rows.get(key)
+                            if row is None:
+                                session.add(
+                                    RedisPositionRow(
+                                        prefix=key,
+                                        epoch=position.epoch,
+                                        gen=position.gen,
+                                        updated_at=now,
+                                    )
+                                )
+                                stored[key] = position
+                            elif position > Position(row.epoch, row.gen):
+                                row.epoch, row.gen, row.updated_at = (
+                                    position.epoch,
+                                    position.gen,
+                                    now,
+                                )
+                                stored[key] = position
+                            else:
+                                stored[key] = Position(row.epoch, row.gen)
                         return stored
-            except Conflict:  # another process inserted the row first: compare with it
+            except Conflict:  # another process inserted a row first: compare with it
                 continue
         raise Unavailable("could not record the Redis position")

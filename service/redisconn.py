@@ -13,7 +13,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from tokend_client._redis import RedisTarget
+from tokend_client.redis_target import RedisTarget
 
 from .errors import Unavailable
 

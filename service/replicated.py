@@ -25,18 +25,14 @@ from redis.asyncio.cluster import RedisCluster
 from redis.commands.core import AsyncScript
 from redis.exceptions import NoScriptError, ResponseError
 
-from tokend_client._keys import PartitionKeys
-from tokend_client._redis import RedisTarget
+from tokend_client.partitions import PartitionKeys
+from tokend_client.redis_target import RedisTarget
 
-from .errors import Unavailable
+from .errors import ReplicaLag, Unavailable
 from .positions import Position, parse_position
 from .redisconn import redis_errors
 
 NODE_POOL = 16
-
-
-class ReplicaLag(Unavailable):
-    """A write is on the primary but not yet on enough replicas (answered 503)."""
 
 
 class ReplicatedWrites:

@@ -12,7 +12,7 @@ from types import MappingProxyType
 from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
-from tokend_client._redis import RedisTarget
+from tokend_client.redis_target import RedisTarget
 
 from .errors import ConfigError
 
@@ -56,7 +56,7 @@ class Settings:
     redis_prefix: str = "tokend"
     redis_pool_size: int = 64
     redis_pool_timeout: float = 2.0
-    # standalone | cluster | sentinel, and where (tokend_client/_redis.py reads the env)
+    # standalone | cluster | sentinel, and where (tokend_client/redis_target.py reads the env)
     redis: RedisTarget = field(default_factory=RedisTarget)
     # Event-log partitions (fixed when a deployment is created; every user lives in one)
     redis_partitions: int = 16

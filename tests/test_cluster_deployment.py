@@ -20,7 +20,7 @@ from tests.support import register_and_login as register_and_login_client
 from tests.test_example_service import ExampleService
 from tests.test_processes import TOKEND, call, login, register_and_login, serve_env, serving
 from tokend_client import RevocationListener
-from tokend_client._redis import RedisTarget
+from tokend_client.redis_target import RedisTarget
 
 
 def _wait(what: str, check: Any, timeout: float = 15.0) -> Any:

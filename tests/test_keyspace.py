@@ -1,5 +1,5 @@
 """The Redis contract has one source: key names come from service/keyspace.py (the
-client's from tokend_client/_keys.py), scripts take every key through KEYS, and the
+client's from tokend_client/partitions.py), scripts take every key through KEYS, and the
 event schema is one definition on both sides."""
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from redis.crc import REDIS_CLUSTER_HASH_SLOTS, key_slot
 from service import events
 from service.keyspace import Keyspace
 from tokend_client import _events as client_events
-from tokend_client._keys import ClientKeys, partition_of, partition_tags
+from tokend_client.partitions import ClientKeys, partition_of, partition_tags
 
 ROOT = Path(__file__).resolve().parent.parent
 LUA = ROOT / "service" / "lua"
@@ -213,7 +213,7 @@ _HAND_BUILT = re.compile(
 )
 _ALLOWED = {
     "service/keyspace.py",
-    "tokend_client/_keys.py",
+    "tokend_client/partitions.py",
     "tests/test_keyspace.py",
     # the bare contender's own one-key layout, not tokend's
     "bench/minimal_refresh.py",

@@ -28,7 +28,7 @@ from service.tokens import new_id
 from tests.conftest import FAST_ARGON2, REDIS_URL, TEST_KEK
 from tests.support import bearer, register_and_login, unverified
 from tests.support.redisdata import stream_events
-from tokend_client._redis import RedisTarget
+from tokend_client.redis_target import RedisTarget
 from workers.expiry import ExpiryWorker
 from workers.rotation import KeyRotationWorker, rotate_and_announce
 

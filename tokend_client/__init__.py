@@ -40,10 +40,10 @@ if TYPE_CHECKING:
     )
     from ._listener import RevocationListener
     from ._middleware import CLAIMS_KEY, auth_middleware, setup
-    from ._redis import RedisTarget
     from ._session import LoginHook, TokenSession
     from ._store import FileTokenStore, MemoryTokenStore, Tokens, TokenStore
     from ._verifier import TokenVerifier
+    from .redis_target import RedisTarget
 
 # Public name → the private module that defines it.
 _EXPORTS = {
@@ -57,7 +57,7 @@ _EXPORTS = {
     "TokenRevoked": "._errors",
     "RevocationListener": "._listener",
     "CLAIMS_KEY": "._middleware",
-    "RedisTarget": "._redis",
+    "RedisTarget": ".redis_target",
     "auth_middleware": "._middleware",
     "setup": "._middleware",
     "LoginHook": "._session",

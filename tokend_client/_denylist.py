@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from ._keys import partition_of
+from .partitions import partition_of
 
 __all__ = ["DenyList"]
 

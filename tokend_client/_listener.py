@@ -1,7 +1,7 @@
 """Following tokend's revocation events into an in-memory deny list.
 
 tokend's data is split into partitions (``<prefix>:partitions`` says how many; see
-tokend_client/_keys.py). tokend writes every revocation to its user's partition's
+tokend_client/partitions.py). tokend writes every revocation to its user's partition's
 stream ``<prefix>:{T}:events`` and publishes a wake-up on the pub/sub channel of the
 same name in one atomic step (classic pub/sub: on a Redis Cluster every node carries
 every channel). Pub/sub alone is at-most-once, so the listener's one background task
@@ -48,10 +48,10 @@ from redis.exceptions import RedisError
 
 from ._denylist import DenyList
 from ._events import EVENTS, problem
-from ._keys import PartitionKeys
 from ._listener_metrics import make_metrics
 from ._position import PositionWatch, RedisBehind
-from ._redis import RedisTarget
+from .partitions import PartitionKeys
+from .redis_target import RedisTarget
 from .tasks import stop_tasks
 
 __all__ = ["RevocationListener"]

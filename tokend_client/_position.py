@@ -19,7 +19,7 @@ from typing import cast
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
-from ._keys import ClientKeys, PartitionKeys
+from .partitions import ClientKeys, PartitionKeys
 
 __all__ = ["PositionWatch", "RedisBehind"]
 

@@ -21,7 +21,7 @@ from service.keys import SqlKeyStore
 from service.redisconn import make_redis, redis_errors
 from service.sessions import SessionStore
 from service.settings import Settings
-from tokend_client._redis import initialized
+from tokend_client.redis_target import initialized
 
 from .base import Worker, WorkerRunner, heartbeat_fresh
 from .expiry import ExpiryWorker

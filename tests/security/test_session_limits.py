@@ -17,7 +17,7 @@ from service.settings import Settings
 from service.tokens import new_id
 from tests.support import PASSWORD, bearer, login, register
 from tests.support.redisdata import stream_events
-from tokend_client._redis import RedisTarget
+from tokend_client.redis_target import RedisTarget
 
 pytestmark = pytest.mark.security
 

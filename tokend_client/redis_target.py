@@ -142,13 +142,15 @@ class RedisTarget:
         if self.mode == "sentinel":
             # redis-py has no blocking sentinel pool: past the size, a call fails at once
             return self._sentinel(options).master_for(self.master, max_connections=size)
-        pool: aioredis.ConnectionPool
-        if wait is not None:
-            pool = aioredis.BlockingConnectionPool.from_url(
-                self.url, max_connections=size, timeout=wait, **options
-            )
-        else:
-            pool = aioredis.ConnectionPool.from_url(self.url, max_connections=size, **options)
+        if wait is None:
+            # owns its pool: aclose() closes every connection (a subscriber reconnects
+            # often and must leave nothing behind)
+            return aioredis.Redis.from_url(self.url, max_connections=size, **options)
+        # A blocking pool that the server closes itself at shutdown (redis-py's
+        # pool-owning close was seen hanging on connections of a Redis that went away).
+        pool = aioredis.BlockingConnectionPool.from_url(
+            self.url, max_connections=size, timeout=wait, **options
+        )
         return aioredis.Redis(connection_pool=pool)
 
     def _sentinel(self, options: dict[str, Any]) -> Sentinel:
