@@ -6,6 +6,10 @@ wait on Redis at the same moment; sending their commands together in one pipelin
 (``transaction=False``: each command is still its own atomic script or read) cuts that
 client cost several times and keeps one round trip per batch. Each batch is its own
 task, so batches overlap instead of queueing behind each other.
+
+On a Redis Cluster a batch is split by the node that serves each command's first key:
+redis-py fails a whole cluster pipeline when one node is unreachable, so without the
+split a dead primary would fail the requests of every shard in the same tick.
 """
 
 from __future__ import annotations
@@ -15,8 +19,9 @@ from collections.abc import Sequence
 from typing import Any
 
 import redis.asyncio as aioredis
+from redis.asyncio.cluster import RedisCluster
 from redis.commands.core import AsyncScript
-from redis.exceptions import NoScriptError
+from redis.exceptions import NoScriptError, RedisError
 
 _Call = tuple[tuple[Any, ...], "AsyncScript | None", "asyncio.Future[Any]"]
 
@@ -51,17 +56,48 @@ class AutoPipeline:
     def _flush(self) -> None:
         self._scheduled = False
         pending, self._pending = self._pending, []
-        for i in range(0, len(pending), self.max_batch):
-            task = asyncio.create_task(self._send(pending[i : i + self.max_batch]))
-            self._tasks.add(task)
-            task.add_done_callback(self._tasks.discard)
+        for group in self._by_node(pending):
+            for i in range(0, len(group), self.max_batch):
+                task = asyncio.create_task(self._send(group[i : i + self.max_batch]))
+                self._tasks.add(task)
+                task.add_done_callback(self._tasks.discard)
+
+    def _by_node(self, pending: list[_Call]) -> list[list[_Call]]:
+        """The calls grouped by the cluster node of their first key (one group when not
+        a cluster, or when the slot map does not know a slot yet)."""
+        if not isinstance(self.redis, RedisCluster) or len(pending) < 2:
+            return [pending]
+        groups: dict[str, list[_Call]] = {}
+        for call in pending:
+            args = call[0]
+            key = args[3] if args[0] == "EVALSHA" else args[1]
+            try:
+                node = self.redis.get_node_from_key(key)
+                name = node.name if node is not None else ""
+            except RedisError:
+                name = ""
+            groups.setdefault(name, []).append(call)
+        return list(groups.values())
+
+    async def _pipeline(self, batch: list[_Call]) -> list[Any]:
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for args, _, _ in batch:
+                pipe.execute_command(*args)
+            return list(await pipe.execute(raise_on_error=False))
 
     async def _send(self, batch: list[_Call]) -> None:
         try:
-            async with self.redis.pipeline(transaction=False) as pipe:
-                for args, _, _ in batch:
-                    pipe.execute_command(*args)
-                replies = await pipe.execute(raise_on_error=False)
+            try:
+                replies = await self._pipeline(batch)
+            except (RedisError, OSError, AttributeError):
+                if not isinstance(self.redis, RedisCluster):
+                    raise
+                # When one node fails, redis-py closes every connection of the cluster
+                # client, failing batches in flight on healthy nodes too: once more, on
+                # the slot map learned again (safe: a repeated rotation gets the same
+                # successor within the grace, revocations are idempotent, reads are reads).
+                await asyncio.sleep(0.05)  # the client's re-initialization is under way
+                replies = await self._pipeline(batch)
         except asyncio.CancelledError:
             for _, _, future in batch:
                 future.cancel()

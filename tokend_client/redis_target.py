@@ -25,13 +25,46 @@ from typing import Any, Literal, cast
 from urllib.parse import urlsplit
 
 import redis.asyncio as aioredis
+from redis._parsers import AsyncCommandsParser
 from redis.asyncio.cluster import RedisCluster
 from redis.asyncio.sentinel import Sentinel
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 __all__ = ["MODES", "RedisTarget", "initialized", "parse_sentinels"]
 
 Mode = Literal["standalone", "cluster", "sentinel"]
 MODES: tuple[Mode, ...] = ("standalone", "cluster", "sentinel")
+
+
+class _CommandsParser(AsyncCommandsParser):
+    """redis-py's command table, learned from any live node.
+
+    After a connection error (a primary died) redis-py's cluster client closes and
+    re-initializes itself, asking its *default node*, the first primary of the slot map,
+    for ``COMMAND``. Until the dead primary's replica is promoted that first primary may
+    be the dead one, and then every command to every shard failed. This asks the others
+    in turn."""
+
+    __slots__ = ("_cluster",)
+
+    def __init__(self, cluster: RedisCluster) -> None:
+        super().__init__()
+        self._cluster = cluster
+
+    async def initialize(self, node: Any = None) -> None:
+        known = list(self._cluster.nodes_manager.nodes_cache.values())
+        candidates = [node, *(n for n in known if n is not node)] if node else known
+        failure: Exception | None = None
+        for candidate in candidates:
+            try:
+                await super().initialize(candidate)
+                return
+            except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
+                failure = exc
+        if failure is not None:
+            raise failure
+        await super().initialize(node)
 
 
 async def initialized(client: Any) -> None:
@@ -136,9 +169,11 @@ class RedisTarget:
         if self.mode == "cluster":
             for unsupported in ("health_check_interval", "client_name", "retry"):
                 options.pop(unsupported, None)
-            return RedisCluster.from_url(
+            cluster = RedisCluster.from_url(
                 self.url, max_connections=size, require_full_coverage=False, **options
             )
+            cluster.commands_parser = _CommandsParser(cluster)
+            return cluster
         if self.mode == "sentinel":
             # redis-py has no blocking sentinel pool: past the size, a call fails at once
             return self._sentinel(options).master_for(self.master, max_connections=size)

@@ -15,6 +15,8 @@ class RefreshLoad:
         self.client = client
         self.tokens = tokens
         self.statuses: Counter[int] = Counter()
+        #: Per user: the 503s it got.
+        self.unavailable: Counter[int] = Counter()
         self.without_retry_after = 0
         self.unexpected: list[tuple[int, int, str]] = []
         self.killed_at: float | None = None
@@ -32,6 +34,7 @@ class RefreshLoad:
                 if self.killed_at is not None and i not in self.back:
                     self.back[i] = time.monotonic() - self.killed_at
             elif resp.status == 503:
+                self.unavailable[i] += 1
                 if "Retry-After" not in resp.headers:
                     self.without_retry_after += 1
                 await asyncio.sleep(0.05)
