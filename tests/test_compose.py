@@ -238,6 +238,8 @@ def test_cluster_has_six_cluster_enabled_nodes(cluster_config: dict[str, Any]) -
         assert _option(argv, "--cluster-enabled") == "yes", name
         assert _option(argv, "--appendonly") == "yes", name
         assert _option(argv, "--cluster-config-file") == "nodes.conf", name
+        # the shards that are up keep serving while one fails over
+        assert _option(argv, "--cluster-require-full-coverage") == "no", name
         assert _option(argv, "--cluster-announce-hostname") == f"redis-node-{number}", name
         assert node["healthcheck"]["test"] == ["CMD", "redis-cli", "ping"], name
         (volume,) = (v for v in node["volumes"] if str(v).split(":")[1] == "/data")
