@@ -17,6 +17,7 @@ from service.keyspace import Keyspace
 from service.migrate import upgrade_async
 from service.settings import Settings
 from tests.support.http import TokendTestServer
+from tests.support.redisdata import wipe
 from tests.support.servers import PrivateRedis
 from tests.support.settings import (  # noqa: F401 (REDIS_URL, TEST_KEK: still imported from here)
     FAST_ARGON2,
@@ -26,27 +27,81 @@ from tests.support.settings import (  # noqa: F401 (REDIS_URL, TEST_KEK: still i
     drop_postgres_database,
     make_postgres_database,
 )
+from tokend_client.redis_target import RedisTarget, initialized
 
 pytest_plugins = ["tests.support.topology"]
 
 
+# --- the test's Redis: standalone, the session's cluster or its Sentinel setup ----------
+#
+# ``redis_mode`` (default standalone) decides which Redis "the test's Redis" is; every
+# fixture below follows it (make_settings, redis_client, redis_prefix's cleanup,
+# make_listener, emit_revocation). A test or module marked ``redis_modes`` runs once per
+# mode; ``standalone_only`` (a private server, INFO of one server, a raw client of
+# REDIS_URL) keeps a test of such a module standalone.
+
+REDIS_MODES = ("standalone", "cluster", "sentinel")
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    marker = metafunc.definition.get_closest_marker("redis_modes")
+    if marker is None or "redis_mode" not in metafunc.fixturenames:
+        return
+    if metafunc.definition.get_closest_marker("standalone_only") is not None:
+        return
+    modes = marker.args or REDIS_MODES
+    unknown = set(modes) - set(REDIS_MODES)
+    if unknown:
+        raise pytest.UsageError(f"redis_modes: unknown mode(s) {sorted(unknown)}")
+    metafunc.parametrize("redis_mode", modes, indirect=True)
+
+
 @pytest.fixture
-async def redis_prefix() -> AsyncIterator[str]:
-    """A key prefix of this test's own; its keys are deleted afterwards."""
+def redis_mode(request: pytest.FixtureRequest) -> str:
+    """standalone (the shared Redis), cluster or sentinel (the session's topologies)."""
+    return str(getattr(request, "param", "standalone"))
+
+
+@pytest.fixture
+def redis_env(request: pytest.FixtureRequest, redis_mode: str) -> dict[str, str]:
+    """The TOKEND_REDIS_* variables of the test's Redis (for settings and subprocesses)."""
+    if redis_mode == "standalone":
+        return {"TOKEND_REDIS_MODE": "standalone", "TOKEND_REDIS_URL": REDIS_URL}
+    topology = request.getfixturevalue(f"redis_{redis_mode}")
+    env: dict[str, str] = topology.env()
+    return env
+
+
+@pytest.fixture
+def redis_target(redis_env: dict[str, str]) -> RedisTarget:
+    return RedisTarget.from_env(redis_env)
+
+
+async def open_redis(target: RedisTarget, **options: Any) -> Any:
+    """A client of ``target`` (decoded replies), ready for concurrent use."""
+    client = target.client(**options)
+    await initialized(client)  # a cluster's slot map before its first concurrent use
+    return client
+
+
+@pytest.fixture
+async def redis_prefix(redis_target: RedisTarget) -> AsyncIterator[str]:
+    """A key prefix of this test's own; its keys are deleted afterwards (from every
+    primary of a cluster: its SCAN asks each of them)."""
     prefix = f"tokend-test-{uuid.uuid4().hex[:12]}"
     yield prefix
-    client = aioredis.Redis.from_url(REDIS_URL)
+    client = await open_redis(redis_target)
     try:
-        keys = [k async for k in client.scan_iter(match=Keyspace(prefix).pattern, count=1000)]
-        if keys:
-            await client.delete(*keys)
+        await wipe(client, prefix)
     finally:
         await client.aclose()
 
 
 @pytest.fixture
-async def redis_client() -> AsyncIterator[aioredis.Redis]:
-    client = aioredis.Redis.from_url(REDIS_URL, decode_responses=True)
+async def redis_client(redis_target: RedisTarget) -> AsyncIterator[Any]:
+    """A client of the test's Redis: ``redis.asyncio.Redis`` (standalone; Sentinel: the
+    primary's ``master_for``) or ``redis.asyncio.cluster.RedisCluster``."""
+    client = await open_redis(redis_target)
     yield client
     await client.aclose()
 
@@ -79,12 +134,15 @@ async def migrated_sqlite(sqlite_url: str) -> str:
 
 
 @pytest.fixture
-def make_settings(redis_prefix: str, migrated_sqlite: str) -> Callable[..., Settings]:
-    """Settings for a test: own Redis prefix, migrated SQLite file, fast argon2."""
+def make_settings(
+    redis_prefix: str, migrated_sqlite: str, redis_env: dict[str, str]
+) -> Callable[..., Settings]:
+    """Settings for a test: the test's Redis (``redis_mode``), own Redis prefix, migrated
+    SQLite file, fast argon2."""
 
     def make(**env: str) -> Settings:
         base = {
-            "TOKEND_REDIS_URL": REDIS_URL,
+            **redis_env,
             "TOKEND_REDIS_PREFIX": redis_prefix,
             "TOKEND_DATABASE_URL": migrated_sqlite,
             "TOKEND_KEY_ENCRYPTION_KEY": TEST_KEK,
@@ -148,12 +206,13 @@ EmitRevocation = Callable[..., Awaitable[str]]
 
 
 @pytest.fixture
-def emit_revocation(redis_client: aioredis.Redis, redis_prefix: str) -> EmitRevocation:
+def emit_revocation(redis_client: Any, redis_prefix: str) -> EmitRevocation:
     """Write a synthetic v1 revocation event to the test prefix: ``await emit(type, **fields)``.
 
     It goes to the stream (and channel) of ``partition``: by default the partition of
-    ``sub`` (partition 0 without one), of the default partition count. Returns the
-    stream id. ``client=`` sends it to another Redis (a private server); ``extra``
+    ``sub`` (partition 0 without one), of the default partition count, on the test's
+    Redis (any mode: one key, one slot). Returns the stream id. ``client=`` sends it to
+    another Redis (a private server); ``extra``
     fields are added to the event (``all.revoked``'s ``epoch``, ``partition``).
     """
 
@@ -200,16 +259,19 @@ def emit_revocation(redis_client: aioredis.Redis, redis_prefix: str) -> EmitRevo
 
 
 @pytest.fixture
-async def make_listener(redis_prefix: str) -> AsyncIterator[Callable[..., Any]]:
+async def make_listener(
+    redis_prefix: str, redis_target: RedisTarget
+) -> AsyncIterator[Callable[..., Any]]:
     """``make_listener(**kwargs)``: a started tokend_client.RevocationListener on the test
-    prefix (``redis_url`` defaults to the test Redis); closed after the test."""
+    prefix (``redis_url`` defaults to the test's Redis, in its mode); closed after the
+    test."""
     from tokend_client import RevocationListener
 
     made: list[RevocationListener] = []
 
-    async def make(redis_url: str = REDIS_URL, **kwargs: Any) -> RevocationListener:
+    async def make(redis_url: str | None = None, **kwargs: Any) -> RevocationListener:
         kwargs.setdefault("prefix", redis_prefix)
-        listener = RevocationListener(redis_url, **kwargs)
+        listener = RevocationListener(redis_url or redis_target, **kwargs)
         made.append(listener)
         await listener.start()
         return listener

@@ -286,6 +286,7 @@ async def test_invalid_scope(make_client) -> None:
 # -- refresh_token grant ---------------------------------------------------------------
 
 
+@pytest.mark.redis_modes()  # smoke: also on cluster and Sentinel
 async def test_refresh_rotates_and_reuse_is_invalid_grant(make_client, clock) -> None:
     client = await oauth_client(make_client, clock=clock, TOKEND_REFRESH_REUSE_GRACE="5")
     first = await password_grant(client)
@@ -405,6 +406,7 @@ async def test_revoke_unknown_or_invalid_token_is_200(make_client) -> None:
     await error_of(resp, 401, "invalid_client")
 
 
+@pytest.mark.redis_modes()  # smoke: also on cluster and Sentinel
 async def test_revoking_a_refresh_token_ends_its_session(make_client) -> None:
     client = await oauth_client(make_client)
     first = await password_grant(client)
@@ -423,6 +425,7 @@ async def test_revoking_a_refresh_token_ends_its_session(make_client) -> None:
     assert (await post(client, "/oauth/revoke", token=second["refresh_token"])).status == 200
 
 
+@pytest.mark.redis_modes()  # smoke: also on cluster and Sentinel
 async def test_revoking_an_access_token_denies_only_it(make_client) -> None:
     client = await oauth_client(make_client)
     tokens = await password_grant(client)
@@ -472,6 +475,7 @@ async def introspect(client: Any, token: str, who: str = "rs", **form: str) -> d
     return body
 
 
+@pytest.mark.redis_modes()  # smoke: also on cluster and Sentinel
 async def test_introspect_active_tokens(make_client) -> None:
     client = await oauth_client(make_client)
     tokens = await password_grant(client, scope="read")

@@ -13,6 +13,8 @@ from service.keyspace import Keyspace
 from tests.support import bearer, register_and_login, unverified
 from tests.support.redisdata import stream_events
 
+pytestmark = pytest.mark.redis_modes()  # standalone, cluster and Sentinel
+
 
 @pytest.fixture
 async def client(make_client: Any, db_url: str) -> Any:

@@ -6,16 +6,17 @@ from __future__ import annotations
 
 import asyncio
 import json
+from typing import Any
 
-import redis.asyncio as aioredis
+import pytest
 
 from service.keyspace import Keyspace
 from service.sessions import SessionStore
 
+pytestmark = pytest.mark.redis_modes()  # standalone, cluster and Sentinel
 
-async def test_concurrent_logins_past_the_cap(
-    redis_client: aioredis.Redis, redis_prefix: str
-) -> None:
+
+async def test_concurrent_logins_past_the_cap(redis_client: Any, redis_prefix: str) -> None:
     keys = Keyspace(redis_prefix).of("u")  # the user's partition
     store = SessionStore(
         redis_client,

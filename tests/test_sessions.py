@@ -12,7 +12,9 @@ import pytest
 from service.clock import FrozenClock
 from service.http.appkeys import SETTINGS
 from tests.support import PASSWORD, bearer, login, register, register_and_login, unverified
-from tests.support.redisdata import stream_events
+from tests.support.redisdata import stream_events, target_env
+
+pytestmark = pytest.mark.redis_modes()  # standalone, cluster and Sentinel
 
 
 @pytest.fixture
@@ -192,7 +194,7 @@ async def test_admin_disable_revokes_every_session(client, redis_client) -> None
     tokens = await register_and_login(client, "alice")
     env = {
         **os.environ,
-        "TOKEND_REDIS_URL": settings.redis_url,
+        **target_env(settings.redis),  # the test's Redis, in its mode
         "TOKEND_REDIS_PREFIX": settings.redis_prefix,
         "TOKEND_DATABASE_URL": settings.database_url,
         "TOKEND_KEY_ENCRYPTION_KEY": TEST_KEK,

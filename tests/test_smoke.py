@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import pytest
+
 from service.clock import FrozenClock
 from tests.support import bearer, register_and_login, unverified
 
 
+@pytest.mark.redis_modes()  # smoke: also on cluster and Sentinel
 async def test_login_then_me_then_expired(make_client, clock: FrozenClock) -> None:
     client = await make_client(clock=clock, TOKEND_ACCESS_TTL="60")
     tokens = await register_and_login(client)

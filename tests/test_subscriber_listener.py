@@ -10,7 +10,9 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+import pytest
 import redis.asyncio as aioredis
+from redis.asyncio.cluster import RedisCluster
 
 from service.clock import FrozenClock
 from service.keyspace import Keyspace
@@ -18,6 +20,10 @@ from tests.support import bearer, login, register, unverified
 from tests.support.redisdata import mark_fresh, stream_entries
 
 READY_TIMEOUT = 10
+
+# Every test on standalone, cluster and Sentinel, but those that kill, stop or restart a
+# private server of their own (standalone_only).
+pytestmark = pytest.mark.redis_modes()
 
 
 async def eventually(predicate: Callable[[], bool], timeout: float = 10) -> None:
@@ -228,13 +234,29 @@ async def test_entries_are_dropped_after_until(
     assert sum(late.applied.values()) == 3 and late._last_id == listener._last_id
 
 
-async def kill_listener_connection(redis_client: aioredis.Redis, listener: Any) -> None:
-    """CLIENT KILL the listener's own pub/sub connection (never anyone else's)."""
+async def client_lists(redis_client: Any, _type: str | None = None) -> list[tuple[Any, Any]]:
+    """(node, CLIENT LIST entry) of every node: a client id is one server's, and on a
+    cluster the listener subscribes through any node, a replica too (None: the one
+    server, or the Sentinel primary)."""
+    if not isinstance(redis_client, RedisCluster):
+        return [(None, c) for c in await redis_client.client_list(_type=_type)]
+    found = []
+    for node in redis_client.get_nodes():
+        for entry in await redis_client.client_list(_type=_type, target_nodes=node):
+            found.append((node, entry))
+    return found
+
+
+async def kill_listener_connection(redis_client: Any, listener: Any) -> None:
+    """CLIENT KILL the listener's own pub/sub connection (never anyone else's), on the
+    node it is connected to."""
     name = f"tokend-listener:{listener.prefix}"
-    clients = await redis_client.client_list(_type="pubsub")
-    ids = [c["id"] for c in clients if c.get("name") == name]
-    assert len(ids) == 1, clients
-    await redis_client.execute_command("CLIENT", "KILL", "ID", ids[0])
+    clients = await client_lists(redis_client, "pubsub")
+    ours = [(node, c["id"]) for node, c in clients if c.get("name") == name]
+    assert len(ours) == 1, clients
+    node, client_id = ours[0]
+    where = {} if node is None else {"target_nodes": node}
+    await redis_client.execute_command("CLIENT", "KILL", "ID", client_id, **where)
 
 
 async def test_killed_connection_reconnects_and_replays_what_it_missed(
@@ -263,6 +285,7 @@ async def test_killed_connection_reconnects_and_replays_what_it_missed(
     assert sample(listener, "tokend_listener_propagation_seconds_count", {"source": "live"}) == 1
 
 
+@pytest.mark.standalone_only  # kills and restarts a private server
 async def test_redis_restart_backs_off_reconnects_and_follows_again(
     make_listener, emit_revocation, private_redis, redis_prefix
 ) -> None:
@@ -352,14 +375,15 @@ async def test_close_leaves_no_connection_behind(make_listener, redis_client, re
     await mark_like_tokend(redis_client, redis_prefix)
     listener = await ready(await make_listener())
     name = f"tokend-listener:{listener.prefix}"
-    assert name in [c.get("name") for c in await redis_client.client_list(_type="pubsub")]
+    assert name in [c.get("name") for _, c in await client_lists(redis_client, "pubsub")]
     await listener.close()
     await eventually(lambda: True)
-    names = [c.get("name") for c in await redis_client.client_list()]
+    names = [c.get("name") for _, c in await client_lists(redis_client)]
     assert name not in names
     assert sample(listener, "tokend_listener_connected") == 0
 
 
+@pytest.mark.standalone_only  # SIGSTOPs a private server
 async def test_a_redis_that_stops_answering_is_detected_by_the_ping(
     make_listener, emit_revocation, private_redis, redis_prefix
 ) -> None:

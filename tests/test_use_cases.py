@@ -4,10 +4,13 @@ from __future__ import annotations
 
 from typing import Any
 
+import pytest
+
 from service.http.appkeys import AUTH, CLOCK
 from tests.support import bearer, register_and_login
 
 
+@pytest.mark.redis_modes()  # smoke: also on cluster and Sentinel
 async def test_rotate_with_another_uid_is_mismatch_and_leaves_the_session(
     make_client: Any,
 ) -> None:
@@ -39,6 +42,7 @@ async def test_rotate_with_another_uid_is_mismatch_and_leaves_the_session(
     assert resp.status == 200, await resp.text()
 
 
+@pytest.mark.redis_modes()  # smoke: also on cluster and Sentinel
 async def test_a_widened_scope_is_refused_inside_the_rotation_untouched(make_client) -> None:
     """rotate.lua itself refuses a scope beyond the grant before it writes anything (the
     refresh grant needs no read before it: test_oauth's narrow/widen test)."""

@@ -13,6 +13,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
+import pytest
 import redis.asyncio as aioredis
 from sqlalchemy.ext.asyncio import async_sessionmaker
 
@@ -25,10 +26,10 @@ from service.keyspace import Keyspace
 from service.redisconn import make_redis
 from service.sessions import SessionStore
 from service.tokens import new_id
-from tests.conftest import FAST_ARGON2, REDIS_URL, TEST_KEK
+from tests.conftest import FAST_ARGON2, TEST_KEK
 from tests.support import bearer, register_and_login, unverified
-from tests.support.redisdata import stream_events
-from tokend_client.redis_target import RedisTarget
+from tests.support.redisdata import stream_events, target_env
+from tokend_client.redis_target import initialized
 from workers.expiry import ExpiryWorker
 from workers.rotation import KeyRotationWorker, rotate_and_announce
 
@@ -41,13 +42,27 @@ async def index_size(redis_client: Any, prefix: str) -> int:
     return sum(sizes)
 
 
+# The in-process tests run on standalone, cluster and Sentinel; those that start
+# `tokend work`/`tokend keys` processes stay on standalone (the process side of a cluster
+# deployment is tests/test_cluster_deployment.py's), to keep the suite's time.
+every_mode = pytest.mark.redis_modes()
+
+
 def store_for(redis: aioredis.Redis, make_settings: Any, **env: str) -> SessionStore:
     return SessionStore.from_settings(redis, make_settings(**env))
 
 
+async def redis_of(settings: Any, pool_size: int = 4, pool_timeout: float = 1) -> Any:
+    """tokend's own client of the settings' Redis (in their mode), initialized."""
+    redis = make_redis(settings.redis, pool_size=pool_size, pool_timeout=pool_timeout)
+    await initialized(redis)
+    return redis
+
+
+@every_mode
 async def test_expiry_sweeps_only_due_sessions_once(make_settings, redis_client) -> None:
     settings = make_settings(TOKEND_REFRESH_IDLE_TTL="100", TOKEND_REFRESH_ABSOLUTE_TTL="1000")
-    redis = make_redis(RedisTarget(url=REDIS_URL), pool_size=4, pool_timeout=1)
+    redis = await redis_of(settings, 4, 1)
     clock = FrozenClock()
     store = SessionStore.from_settings(redis, settings)
     try:
@@ -86,9 +101,10 @@ async def test_expiry_sweeps_only_due_sessions_once(make_settings, redis_client)
         await redis.aclose()
 
 
+@every_mode
 async def test_refreshed_session_is_not_expired(make_settings, redis_client) -> None:
     settings = make_settings(TOKEND_REFRESH_IDLE_TTL="100", TOKEND_REFRESH_ABSOLUTE_TTL="1000")
-    redis = make_redis(RedisTarget(url=REDIS_URL), pool_size=4, pool_timeout=1)
+    redis = await redis_of(settings, 4, 1)
     clock = FrozenClock()
     store = SessionStore.from_settings(redis, settings)
     try:
@@ -107,9 +123,10 @@ async def test_refreshed_session_is_not_expired(make_settings, redis_client) -> 
         await redis.aclose()
 
 
+@every_mode
 async def test_absolute_deadline_expiry_reason(make_settings, redis_client) -> None:
     settings = make_settings(TOKEND_REFRESH_IDLE_TTL="100", TOKEND_REFRESH_ABSOLUTE_TTL="150")
-    redis = make_redis(RedisTarget(url=REDIS_URL), pool_size=4, pool_timeout=1)
+    redis = await redis_of(settings, 4, 1)
     clock = FrozenClock(1_900_000_000.0)  # ahead of the wall clock, so Redis TTLs keep keys
     store = SessionStore.from_settings(redis, settings)
     try:
@@ -128,7 +145,7 @@ async def test_absolute_deadline_expiry_reason(make_settings, redis_client) -> N
 def worker_env(settings: Any, **extra: str) -> dict[str, str]:
     return {
         **os.environ,
-        "TOKEND_REDIS_URL": settings.redis_url,
+        **target_env(settings.redis),  # the settings' Redis, in their mode
         "TOKEND_REDIS_PREFIX": settings.redis_prefix,
         "TOKEND_DATABASE_URL": settings.database_url,
         "TOKEND_KEY_ENCRYPTION_KEY": TEST_KEK,
@@ -141,7 +158,7 @@ async def test_two_worker_processes_sweep_10000_sessions_exactly_once(
     make_settings, redis_client
 ) -> None:
     settings = make_settings(TOKEND_REFRESH_IDLE_TTL="60")
-    redis = make_redis(RedisTarget(url=REDIS_URL), pool_size=32, pool_timeout=5)
+    redis = await redis_of(settings, 32, 5)
     store = SessionStore.from_settings(redis, settings)
     past = time.time() - 3600  # every one of them is already past its idle deadline
     sids = [new_id() for _ in range(10_000)]
@@ -209,6 +226,7 @@ async def key_store(settings: Any) -> tuple[SqlKeyStore, Any]:
     return SqlKeyStore(async_sessionmaker(engine), Sealer(decode_kek(TEST_KEK))), engine
 
 
+@every_mode
 async def test_key_rotation_lifecycle(make_client, make_settings, redis_client) -> None:
     clock = FrozenClock()
     settings = make_settings(TOKEND_ACCESS_TTL="60", TOKEND_LEEWAY="0")
@@ -216,7 +234,7 @@ async def test_key_rotation_lifecycle(make_client, make_settings, redis_client) 
     tokens = await register_and_login(client)
     old_kid = unverified(tokens["access_token"])[0]["kid"]
     store, engine = await key_store(settings)
-    redis = make_redis(RedisTarget(url=REDIS_URL), pool_size=4, pool_timeout=1)
+    redis = await redis_of(settings, 4, 1)
     worker = KeyRotationWorker(
         store=store,
         sessions=SessionStore.from_settings(redis, settings),
@@ -290,10 +308,11 @@ async def test_cli_rotation_reaches_running_api(make_client, make_settings) -> N
     assert before < after and len(after) == 2
 
 
+@every_mode
 async def test_concurrent_rotations_create_one_key(make_settings) -> None:
     settings = make_settings()
     store, engine = await key_store(settings)
-    redis = make_redis(RedisTarget(url=REDIS_URL), pool_size=4, pool_timeout=1)
+    redis = await redis_of(settings, 4, 1)
     sessions = SessionStore.from_settings(redis, settings)
     try:
         await store.create(1, "EdDSA", activates_at=time.time(), now=time.time())
@@ -319,6 +338,7 @@ async def test_concurrent_rotations_create_one_key(make_settings) -> None:
         await engine.dispose()
 
 
+@every_mode
 async def test_event_schema_and_stream_trimming(client, redis_client) -> None:
     prefix = client.app[SETTINGS].redis_prefix
     settings = client.app[SETTINGS]
@@ -360,7 +380,7 @@ async def test_worker_process_exports_metrics(make_settings, redis_client) -> No
     from service.devredis import free_port
 
     settings = make_settings(TOKEND_REFRESH_IDLE_TTL="60")
-    redis = make_redis(RedisTarget(url=REDIS_URL), pool_size=4, pool_timeout=5)
+    redis = await redis_of(settings, 4, 5)
     store = SessionStore.from_settings(redis, settings)
     try:
         for _ in range(5):

@@ -18,7 +18,7 @@ from service.keyspace import Keyspace
 from tests.support import bearer, login, register, unverified
 from tests.support.redisdata import stream_events
 
-pytestmark = pytest.mark.security
+pytestmark = [pytest.mark.security, pytest.mark.redis_modes()]  # every mode
 
 
 async def stream(client: Any, redis_client: Any) -> list[dict[str, Any]]:
