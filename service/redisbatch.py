@@ -21,7 +21,7 @@ from typing import Any
 import redis.asyncio as aioredis
 from redis.asyncio.cluster import RedisCluster
 from redis.commands.core import AsyncScript
-from redis.exceptions import NoScriptError, RedisError
+from redis.exceptions import NoScriptError, RedisClusterException, RedisError
 
 _Call = tuple[tuple[Any, ...], "AsyncScript | None", "asyncio.Future[Any]"]
 
@@ -74,7 +74,7 @@ class AutoPipeline:
             try:
                 node = self.redis.get_node_from_key(key)
                 name = node.name if node is not None else ""
-            except RedisError:
+            except (RedisError, RedisClusterException):
                 name = ""
             groups.setdefault(name, []).append(call)
         return list(groups.values())
@@ -89,7 +89,7 @@ class AutoPipeline:
         try:
             try:
                 replies = await self._pipeline(batch)
-            except (RedisError, OSError, AttributeError):
+            except (RedisError, RedisClusterException, OSError, AttributeError, RuntimeError):
                 if not isinstance(self.redis, RedisCluster):
                     raise
                 # When one node fails, redis-py closes every connection of the cluster

@@ -10,7 +10,7 @@ import redis.asyncio as aioredis
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import RedisError
+from redis.exceptions import RedisClusterException, RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from tokend_client.redis_target import RedisTarget
@@ -45,14 +45,16 @@ def redis_errors() -> Iterator[None]:
 
     Inside this block only redis-py runs; during a cluster failover its asyncio cluster
     client has been seen failing with AttributeError (a connection closed while another
-    task was connecting it). Any such failure is a store fault too: logged with its
-    traceback and answered 503, never 500."""
+    task was connecting it; under uvloop the same race is a RuntimeError, "unable to
+    perform operation on <TCPTransport closed=True>"). Any such failure is a store fault
+    too: logged with its traceback and answered 503, never 500."""
     try:
         yield
     except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
         raise Unavailable("session store unavailable") from exc
-    except RedisError as exc:
+    except (RedisError, RedisClusterException) as exc:
+        # RedisClusterException (a slot no node serves, mid-failover) is not a RedisError
         raise Unavailable("session store error") from exc
-    except (AttributeError, TypeError, KeyError, IndexError) as exc:
+    except (AttributeError, RuntimeError, TypeError, KeyError, IndexError) as exc:
         log.warning("redis client failed: %r", exc, exc_info=True)
         raise Unavailable("session store client error") from exc

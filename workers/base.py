@@ -10,7 +10,7 @@ import socket
 from typing import Protocol, cast
 
 import redis.asyncio as aioredis
-from redis.exceptions import RedisError
+from redis.exceptions import RedisClusterException, RedisError
 
 from service.clock import Clock
 from service.errors import TokendError
@@ -122,7 +122,7 @@ class WorkerRunner:
                 now = self.clock()
                 await self.redis.hset(heartbeat_key(self.prefix), _me(), str(now))
                 self.metrics.heartbeat.set(now)
-            except (RedisError, OSError) as exc:
+            except (RedisError, RedisClusterException, OSError) as exc:
                 log.warning("heartbeat failed: %s", exc)
             await self._sleep(self.heartbeat_interval)
 
