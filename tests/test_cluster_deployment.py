@@ -118,6 +118,13 @@ async def test_api_processes_workers_tail_and_subscriber_on_a_cluster(
             kinds = {e["type"] for e in _tail_lines(tail_out)}
             assert {"session.revoked", "session.expired", "user.revoked", "key.rotated"} <= kinds
             assert all(isinstance(e["partition"], int) for e in _tail_lines(tail_out))
+            # the listener runs on this test's loop, which the blocking calls above held
+            await asyncio.to_thread(
+                _wait,
+                "the subscriber applying user.revoked and key.rotated",
+                lambda: listener.applied["user.revoked"] and listener.applied["key.rotated"],
+            )
+            await asyncio.sleep(0.2)
             assert listener.applied["user.revoked"] == 1 and listener.applied["key.rotated"] == 1
         finally:
             await listener.close()

@@ -147,6 +147,7 @@ def test_public_surface_and_no_server_imports() -> None:
             "LoginHook",
             "LoginRequired",
             "MemoryTokenStore",
+            "RedisTarget",
             "RevocationListener",
             "TokenExpired",
             "TokenRevoked",
