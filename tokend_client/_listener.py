@@ -285,7 +285,10 @@ class RevocationListener:
                 raise
             self.deny_list.partitions = len(parts)
             channels = {p.events: p.index for p in parts}
-            subscriber = await self.target.subscriber(**options)
+            # RESP2: Redis files a RESP2 subscriber under the pubsub output-buffer class,
+            # whose limit guards it against a subscriber that falls behind (a RESP3 one
+            # counts as a normal client, unlimited by default)
+            subscriber = await self.target.subscriber(protocol=2, **options)
             pubsub = subscriber.pubsub()
             await pubsub.subscribe(*channels)
             await self._confirm_subscription(pubsub, len(channels))
