@@ -85,19 +85,24 @@ class AutoPipeline:
                 pipe.execute_command(*args)
             return list(await pipe.execute(raise_on_error=False))
 
-    async def _send(self, batch: list[_Call]) -> None:
-        try:
+    async def _pipeline_retried(self, batch: list[_Call]) -> list[Any]:
+        """On a cluster, when one node fails (or a failover moves a primary), redis-py
+        closes every connection of the client, failing batches in flight on healthy
+        nodes too: those are sent again, up to twice, on the slot map learned again
+        (safe: a repeated rotation gets the same successor within the grace, revocations
+        are idempotent, reads are reads)."""
+        for delay in (0.05, 0.2):
             try:
-                replies = await self._pipeline(batch)
+                return await self._pipeline(batch)
             except (RedisError, RedisClusterException, OSError, AttributeError, RuntimeError):
                 if not isinstance(self.redis, RedisCluster):
                     raise
-                # When one node fails, redis-py closes every connection of the cluster
-                # client, failing batches in flight on healthy nodes too: once more, on
-                # the slot map learned again (safe: a repeated rotation gets the same
-                # successor within the grace, revocations are idempotent, reads are reads).
-                await asyncio.sleep(0.05)  # the client's re-initialization is under way
-                replies = await self._pipeline(batch)
+            await asyncio.sleep(delay)  # the client's re-initialization is under way
+        return await self._pipeline(batch)
+
+    async def _send(self, batch: list[_Call]) -> None:
+        try:
+            replies = await self._pipeline_retried(batch)
         except asyncio.CancelledError:
             for _, _, future in batch:
                 future.cancel()
