@@ -17,10 +17,11 @@ RUN groupadd --system --gid 10001 tokend \
     && useradd --system --uid 10001 --gid tokend --home-dir /app --no-create-home \
         --shell /usr/sbin/nologin tokend
 
-# Install the project as a regular (non-editable) package, then drop the sources:
-# everything the service needs at run time (migrations, Lua scripts) is package data.
+# Install the client library (tokend depends on it) and then tokend, both as regular
+# (non-editable) packages, then drop the sources: everything the service needs at run time
+# (migrations, Lua scripts) is package data.
 COPY . /src
-RUN pip install /src && rm -rf /src
+RUN pip install /src/clients/python /src && rm -rf /src
 
 WORKDIR /app
 RUN chown tokend:tokend /app

@@ -10,12 +10,13 @@ TEST_ENV := $(VENV)/test.env
 PIP := PIP_ROOT_USER_ACTION=ignore PIP_DISABLE_PIP_VERSION_CHECK=1 PYTHONWARNINGS=ignore \
 	$(BIN)/python -m pip install -qq
 
-.PHONY: run test setup lint mypy audit pytest install bench clean
+.PHONY: run test setup lint mypy audit jstest pytest install bench clean
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml clients/python/pyproject.toml
 	@test -x $(BIN)/python || { echo "make: creating $(VENV) with $(PYTHON)"; $(PYTHON) -m venv $(VENV); }
 	@echo "make: installing tokend and its dependencies into $(VENV)"
 	@$(PIP) --upgrade pip
+	@$(PIP) -e './clients/python[aiohttp,starlette,fastapi,django,flask]'
 	@$(PIP) -e '.[test]'
 	@touch $(STAMP)
 
@@ -27,7 +28,7 @@ run: $(STAMP)
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
-	$(BIN)/ruff format --check service workers tokend_client tests
+	$(BIN)/ruff format --check service workers clients/python examples tests
 
 mypy: $(STAMP)
 	$(BIN)/mypy
@@ -42,10 +43,14 @@ audit: $(STAMP)
 setup: $(STAMP)
 	@scripts/test-setup.sh
 
+# The JavaScript client's unit tests (node's own test runner; no packages to install)
+jstest:
+	cd clients/js && node --test test/
+
 pytest: setup
 	@set -a && . ./$(TEST_ENV) && set +a && $(BIN)/pytest
 
-test: setup lint mypy audit pytest
+test: setup lint mypy audit jstest pytest
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache

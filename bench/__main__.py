@@ -3,8 +3,9 @@
     .venv/bin/pip install -e '.[bench,test]'
     .venv/bin/python -m bench all --rounds 3 --out bench/RESULTS.md
 
-Subcommands: refresh, login, verify, revocation, sweep, memory, profile, all. The report
-is markdown on stdout (progress on stderr); targets are printed next to the figures,
+Subcommands: refresh, login, verify, revocation, sweep, memory, profile, all (and
+subscribers, dpop: the subscriber integrations, bench/subscribers.py and bench/dpop.py).
+The report is markdown on stdout (progress on stderr); targets are printed next to the figures,
 never asserted. Needs wrk and the Redis at $TOKEND_REDIS_URL (default 127.0.0.1:6379).
 
 cluster, acks, failover, capacity (``topology``: all four; ``--quick``: small) start
@@ -39,7 +40,7 @@ def _parser() -> argparse.ArgumentParser:
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("what", choices=(*SECTIONS, "all", *TOPOLOGY, "topology"))
+    p.add_argument("what", choices=(*SECTIONS, "all", *TOPOLOGY, "topology", "subscribers", "dpop"))
     p.add_argument("--rounds", type=int, default=3, help="interleaved rounds (default 3)")
     p.add_argument("--duration", type=float, default=10, help="seconds per load run")
     p.add_argument(
@@ -78,6 +79,14 @@ def _run(args: argparse.Namespace, name: str) -> Section:
 
     if name in TOPOLOGY:
         return _topology(args, name)
+    if name == "subscribers":  # bench/subscribers.py: aiohttp, FastAPI, Flask, Django examples
+        from bench import subscribers
+
+        return subscribers.subscribers_section(args.quick)
+    if name == "dpop":  # bench/dpop.py: a bound token + fresh proof vs bearer, per framework
+        from bench import dpop
+
+        return dpop.dpop_section(args.quick)
     chosen = [c for c in contenders.ALL if c.key in args.contenders.split(",")]
     if name in ("verify", "revocation") and (skip := subscriber.example_missing()):
         return skip

@@ -372,11 +372,11 @@ def git_state() -> str:
         ["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True
     ).stdout.strip()
     dirty = subprocess.run(
-        ["git", "status", "--porcelain", "service", "workers", "tokend_client", "examples"],
+        ["git", "status", "--porcelain", "service", "workers", "clients", "examples"],
         cwd=ROOT,
         capture_output=True,
         text=True,
     ).stdout.strip()
     return (
-        f"{head} + uncommitted changes in service/workers/tokend_client/examples" if dirty else head
+        f"{head} + uncommitted changes in service/workers/clients/examples" if dirty else head
     )

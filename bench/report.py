@@ -45,17 +45,14 @@ class Section:
 
 
 def targets_summary(sections: Sequence[Section]) -> str:
+    """How many targets were met, and (for more than one section) all of them in one
+    table; one section's table is already printed under it."""
     rows = [t for s in sections for t in s.targets]
     met = sum(1 for t in rows if t.met)
-    out = [
-        "## Targets",
-        "",
-        f"{met} of {len(rows)} met.",
-        "",
-        "| target | measured | verdict |",
-        "|---|---|---|",
-    ]
-    out += [f"| {t.goal} | {t.measured} | {t.verdict} |" for t in rows]
+    out = ["## Targets", "", f"{met} of {len(rows)} met."]
+    if len([s for s in sections if s.targets]) > 1:
+        out += ["", "| target | measured | verdict |", "|---|---|---|"]
+        out += [f"| {t.goal} | {t.measured} | {t.verdict} |" for t in rows]
     return "\n".join(out) + "\n"
 
 

@@ -14,6 +14,20 @@ so a logout at tokend is refused here within milliseconds. Environment:
     PORT                   default: 8081 (HOST default: 127.0.0.1)
     TOKEND_JWKS_CACHE_TTL, TOKEND_JWKS_MIN_REFETCH   seconds; defaults 300 and 30
     TOKEND_VERIFY_CACHE_SIZE   verified tokens remembered; default 10000, 0 disables
+    TOKEND_LEEWAY, TOKEND_EXP_LEEWAY   seconds allowed on iat/nbf (30) and on exp (0, max 5)
+    TOKEND_PUBLIC_URL      the URL clients call (a proxy's, e.g. https://api.example.com):
+                           DPoP proofs must name it + the request path (default: the URL
+                           the service sees)
+    CORS_ORIGINS           comma-separated origins (scheme://host[:port]) whose pages may
+                           call GET /protected with a bearer token (default: none): a
+                           preflight from one is answered 204 (Allow-Methods GET,
+                           Allow-Headers Authorization, Content-Type, DPoP) and every answer to
+                           one carries Access-Control-Allow-Origin and exposes
+                           WWW-Authenticate (the client library reads invalid_token there);
+                           with the setting, every answer carries Vary: Origin
+
+The FastAPI, Flask and Django examples next to this one read the same variables and
+answer the same way (every response names its process in ``X-Worker-Pid``).
 
 Routes: GET /protected (the token's claims, or the RFC 6750 401), GET /metrics
 (Prometheus text, the listener's metrics included), GET /healthz (200 once the
@@ -25,14 +39,16 @@ from __future__ import annotations
 import logging
 import os
 import sys
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from tokend_client import CLAIMS_KEY, RedisTarget, RevocationListener, TokenVerifier, setup
+from tokend_client import CLAIMS_KEY, RevocationListener, SubscriberSettings, setup
 
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 LISTENER: web.AppKey[RevocationListener] = web.AppKey("listener", RevocationListener)
+CORS: web.AppKey[frozenset[str]] = web.AppKey("cors", frozenset)
 
 
 async def protected(request: web.Request) -> web.Response:
@@ -54,24 +70,56 @@ async def healthz(request: web.Request) -> web.Response:
     return web.json_response({"status": "ok", "last_event": listener.last_id})
 
 
+async def _name_the_worker(request: web.Request, response: web.StreamResponse) -> None:
+    response.headers["X-Worker-Pid"] = str(os.getpid())
+
+
+@web.middleware
+async def _preflight(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """A CORS preflight from a CORS_ORIGINS page, answered before the token check."""
+    origin = request.headers.get("Origin")
+    if (
+        request.method == "OPTIONS"
+        and origin in request.app[CORS]
+        and "Access-Control-Request-Method" in request.headers
+    ):
+        allow = {
+            "Access-Control-Allow-Methods": "GET",
+            "Access-Control-Allow-Headers": "Authorization, Content-Type, DPoP",
+            "Access-Control-Max-Age": "600",
+        }
+        return web.Response(status=204, headers=allow)
+    return await handler(request)
+
+
+async def _cors_headers(request: web.Request, response: web.StreamResponse) -> None:
+    origins = request.app[CORS]
+    response.headers.add("Vary", "Origin")
+    origin = request.headers.get("Origin")
+    if origin in origins:
+        response.headers["Access-Control-Allow-Origin"] = origin
+        response.headers["Access-Control-Expose-Headers"] = "WWW-Authenticate"
+
+
 def create_app(env: Mapping[str, str]) -> web.Application:
     """The example service, configured from ``env``."""
-    issuer = env.get("TOKEND_ISSUER", "http://127.0.0.1:8080")
-    verifier = TokenVerifier(
-        env.get("TOKEND_JWKS_URL", f"{issuer.rstrip('/')}/.well-known/jwks.json"),
-        issuer=issuer,
-        audience=env.get("TOKEND_AUDIENCE", "tokend"),
-        cache_ttl=float(env.get("TOKEND_JWKS_CACHE_TTL", "300")),
-        min_refetch_interval=float(env.get("TOKEND_JWKS_MIN_REFETCH", "30")),
-        cache_size=int(env.get("TOKEND_VERIFY_CACHE_SIZE", "10000")),
-    )
-    listener = RevocationListener(
-        RedisTarget.from_env(env),
-        prefix=env.get("TOKEND_REDIS_PREFIX", "tokend"),
-    )
-    app = web.Application()
+    settings = SubscriberSettings.from_env(env)
+    listener = settings.listener()
+    cors = frozenset(o.strip() for o in env.get("CORS_ORIGINS", "").split(",") if o.strip())
+    # CORS only when asked for: each middleware and response hook costs every request
+    app = web.Application(middlewares=[_preflight] if cors else [])  # outside the token check
     app[LISTENER] = listener
-    setup(app, verifier, listener, exempt=("/healthz", "/metrics"))
+    app[CORS] = cors
+    app.on_response_prepare.append(_name_the_worker)
+    if cors:
+        app.on_response_prepare.append(_cors_headers)
+    setup(
+        app,
+        settings.verifier(),
+        listener,
+        exempt=("/healthz", "/metrics"),
+        public_url=settings.public_url,  # TOKEND_PUBLIC_URL: what DPoP proofs name
+    )
     app.router.add_get("/protected", protected)
     app.router.add_get("/metrics", metrics)
     app.router.add_get("/healthz", healthz)

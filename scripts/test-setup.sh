@@ -61,16 +61,29 @@ if ! redis_up; then
     wait_for 30 "Redis" redis_up
 fi
 
+# apt_install PACKAGE: install with apt-get; on failure (an old package list) update and retry
+apt_install() {
+    export DEBIAN_FRONTEND=noninteractive
+    if ! as_root apt-get install -y -q "$1" >/dev/null; then
+        say "$1: install failed, running apt-get update and retrying"
+        as_root apt-get update -q >/dev/null
+        as_root apt-get install -y -q "$1" >/dev/null
+    fi
+}
+
 # docker-compose: only its parser is used, no engine is needed
 if ! command -v docker-compose >/dev/null 2>&1; then
     say "docker-compose: installing with apt-get"
-    export DEBIAN_FRONTEND=noninteractive
-    if ! as_root apt-get install -y -q docker-compose >/dev/null; then
-        say "docker-compose: install failed, running apt-get update and retrying"
-        as_root apt-get update -q >/dev/null
-        as_root apt-get install -y -q docker-compose >/dev/null
-    fi
+    apt_install docker-compose
     command -v docker-compose >/dev/null 2>&1 || die "docker-compose still missing after apt-get install"
+fi
+
+# Chromium for the browser tests (tests/browser drives /usr/bin/chromium with playwright-core,
+# which never downloads a browser of its own)
+if [ ! -x /usr/bin/chromium ]; then
+    say "chromium: installing with apt-get"
+    apt_install chromium
+    [ -x /usr/bin/chromium ] || die "/usr/bin/chromium still missing after apt-get install chromium"
 fi
 
 # A PostgreSQL role that trust auth lets in, and the `test` database
@@ -98,14 +111,21 @@ mv "$ENV_FILE.tmp" "$ENV_FILE"
 # The real OpenID provider of the social-login tests (npm oidc-provider, locked). npm ci
 # runs again only when package-lock.json is newer than the last install (npm writes
 # node_modules/.package-lock.json on every install).
-provider=tests/oidc_provider
-if command -v node >/dev/null 2>&1 && command -v npm >/dev/null 2>&1; then
-    if [ ! "$provider/node_modules/.package-lock.json" -nt "$provider/package-lock.json" ]; then
-        say "oidc-provider: npm ci in $provider (node $(node --version))"
-        (cd "$provider" && npm ci --no-audit --no-fund --loglevel=error >/dev/null)
+# The browser tests' playwright-core and @axe-core/playwright (locked) the same way;
+# PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD: they use the system Chromium above. The DPoP interop
+# test's oauth4webapi (tests/dpop_interop, locked) too.
+npm_ci() {  # npm_ci DIRECTORY WHAT
+    if [ ! "$1/node_modules/.package-lock.json" -nt "$1/package-lock.json" ]; then
+        say "$2: npm ci in $1 (node $(node --version))"
+        (cd "$1" && PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD=1 npm ci --no-audit --no-fund --loglevel=error >/dev/null)
     fi
+}
+if command -v node >/dev/null 2>&1 && command -v npm >/dev/null 2>&1; then
+    npm_ci tests/oidc_provider oidc-provider
+    npm_ci tests/browser "browser tests"
+    npm_ci tests/dpop_interop "DPoP interop (oauth4webapi)"
 else
-    say "oidc-provider: node or npm missing, the OIDC end-to-end tests will be SKIPPED"
+    say "node or npm missing: the OIDC end-to-end, browser and DPoP interop tests will be SKIPPED"
 fi
 
-say "ready (postgresql, redis, docker-compose, $url)"
+say "ready (postgresql, redis, docker-compose, chromium, $url)"

@@ -22,10 +22,24 @@ from .auth import Authenticator
 from .clock import Clock, system_clock
 from .crypto import Sealer
 from .db import make_engine
+from .dpop import DPoPServer, Nonces, derive_nonce_key
 from .errors import TokendError
 from .fence import RedisFence
-from .http import auth_routes, health, oauth_routes, oidc_routes, openapi, wellknown
-from .http.appkeys import AUTH, CLOCK, ENGINE, FENCE, KEYRING, KEYSTORE, METRICS, REDIS, SETTINGS
+from .http import auth_routes, health, oauth_routes, oidc_routes, openapi, pages, static, wellknown
+from .http.appkeys import (
+    AUTH,
+    CLOCK,
+    DPOP,
+    ENGINE,
+    FENCE,
+    KEYRING,
+    KEYSTORE,
+    METRICS,
+    REDIS,
+    SETTINGS,
+)
+from .http.cors import cors_middleware
+from .http.dpop import nonce_middleware
 from .http.errors import error_middleware, header_size_middleware
 from .http.request import MAX_BODY
 from .kek import resolve_kek
@@ -35,7 +49,7 @@ from .metrics import Metrics
 from .passwords import PasswordHasher
 from .positions import PositionStore
 from .ratelimit import AuthLimits
-from .redisconn import make_redis
+from .redisconn import close_redis, make_redis
 from .sessions import SessionStore
 from .settings import Settings
 from .tokens import TokenService, derive_refresh_key
@@ -83,7 +97,7 @@ def setup_redis(app: web.Application, settings: Settings) -> None:
             await initialized(client)
         app[REDIS] = client
         yield
-        await client.aclose()
+        await close_redis(client)
 
     app.cleanup_ctx.append(ctx)
 
@@ -129,7 +143,7 @@ def setup_keys(app: web.Application, settings: Settings, kek: bytes) -> None:
         ]
         yield
         await stop_tasks(tasks)
-        await subscriber.aclose()
+        await close_redis(subscriber)
 
     app.cleanup_ctx.append(ctx)
 
@@ -274,11 +288,32 @@ def setup_auth(app: web.Application, settings: Settings, kek: bytes) -> None:
     app.cleanup_ctx.append(ctx)
 
 
+def setup_dpop(app: web.Application, settings: Settings, kek: bytes) -> None:
+    """The DPoP proof checks: replay cache in Redis, nonces from the KEK (service/dpop.py)."""
+
+    async def ctx(app: web.Application) -> AsyncIterator[None]:
+        app[DPOP] = DPoPServer(
+            redis=app[REDIS],
+            keys=Keyspace(settings.redis_prefix, settings.redis_partitions),
+            clock=app[CLOCK],
+            nonces=Nonces(derive_nonce_key(kek)) if settings.dpop_nonce else None,
+        )
+        yield
+
+    app.cleanup_ctx.append(ctx)
+
+
 def create_app(settings: Settings, *, clock: Clock = system_clock) -> web.Application:
     """Build the tokend API application from settings."""
     kek = resolve_kek(settings)
     app = web.Application(
-        middlewares=[metrics_middleware, error_middleware, header_size_middleware],
+        middlewares=[
+            metrics_middleware,
+            cors_middleware,
+            nonce_middleware,
+            error_middleware,
+            header_size_middleware,
+        ],
         client_max_size=MAX_BODY,
     )
     app[SETTINGS] = settings
@@ -289,6 +324,7 @@ def create_app(settings: Settings, *, clock: Clock = system_clock) -> web.Applic
     setup_fence(app, settings)
     setup_keys(app, settings, kek)
     setup_auth(app, settings, kek)
+    setup_dpop(app, settings, kek)
     oidc_routes.setup_oidc(app, settings)
     app.router.add_routes(health.routes)
     app.router.add_routes(wellknown.routes)
@@ -296,4 +332,6 @@ def create_app(settings: Settings, *, clock: Clock = system_clock) -> web.Applic
     app.router.add_routes(oauth_routes.routes)
     app.router.add_routes(oidc_routes.routes)
     app.router.add_routes(openapi.routes)
+    app.router.add_routes(pages.routes)
+    app.router.add_routes(static.routes)
     return app

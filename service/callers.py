@@ -6,9 +6,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from .clock import Clock
-from .errors import TokenRevoked
+from .errors import InvalidToken, TokenRevoked
 from .sessions import SessionStore
-from .tokens import TokenService, rotation_number
+from .tokens import TokenService, bound_key, rotation_number
 from .users import User, UserStore
 
 
@@ -24,6 +24,19 @@ class Principal:
         return str(self.claims["sid"])
 
 
+def check_key(claims: dict[str, Any], jkt: str | None) -> None:
+    """The token's DPoP binding against the proof's key (None: no proof, Bearer)."""
+    bound = bound_key(claims)
+    if bound is None:
+        if jkt is not None:
+            raise InvalidToken("not a DPoP-bound token: send it with the Bearer scheme")
+        return
+    if jkt is None:
+        raise InvalidToken("this token is DPoP-bound: send it with the DPoP scheme and a proof")
+    if jkt != bound:
+        raise InvalidToken("the DPoP proof is signed by another key than the token is bound to")
+
+
 class Callers:
     """Authenticates access tokens and answers who holds a refresh token."""
 
@@ -35,10 +48,20 @@ class Callers:
         self.users = users
         self.clock = clock
 
-    async def authenticate(self, access_token: str) -> Principal:
-        """The caller behind an access token: verified, not revoked, user still active."""
+    async def authenticate(
+        self, access_token: str, *, jkt: str | None = None, check_binding: bool = True
+    ) -> Principal:
+        """The caller behind an access token: verified, not revoked, user still active.
+
+        ``jkt``: the key of the DPoP proof it came with (checked by the HTTP layer), None
+        for the Bearer scheme. A bound token needs its own key's proof, an unbound one
+        the Bearer scheme (RFC 9449 section 7.1); ``check_binding=False`` skips that
+        (introspection, where a resource server asks about a token it holds).
+        """
         now = self.clock()
         claims = self.tokens.verify_access(access_token, now)
+        if check_binding:
+            check_key(claims, jkt)
         auth_time = claims.get("auth_time")
         if await self.sessions.is_denied(
             sid=claims["sid"],

@@ -39,7 +39,7 @@ from .keys import SqlKeyStore
 from .keyspace import Keyspace
 from .passwords import PasswordHasher, check_password_rules
 from .positions import PositionStore
-from .redisconn import make_redis
+from .redisconn import close_redis, make_redis, redis_errors
 from .sessions import SessionStore
 from .settings import Settings
 from .users import SqlUserStore, normalize_username
@@ -138,7 +138,7 @@ async def disable_user_cli(settings: Settings, username: str, *, delete: bool = 
         await fence.checkpoint()
         return revoked
     finally:
-        await redis.aclose()
+        await close_redis(redis)
         await engine.dispose()
 
 
@@ -159,7 +159,7 @@ async def rotate_keys(settings: Settings) -> int | None:
             reason="manual",
         )
     finally:
-        await redis.aclose()
+        await close_redis(redis)
         await engine.dispose()
 
 
@@ -203,7 +203,7 @@ async def tail_events(settings: Settings, since: str | None = None) -> None:
             with contextlib.suppress(NotImplementedError, RuntimeError):
                 loop.remove_signal_handler(sig)
         await stop_tasks([*followers, stopping])
-        await client.aclose()
+        await close_redis(client)
 
 
 def _tail_start(since: str | None) -> str | None:
@@ -240,6 +240,44 @@ async def _follow_stream(client: Redis, stream: str, partition: int, last: str |
                     continue
                 line = {**event, "id": entry_id, "partition": partition}
                 print(json.dumps(line, separators=(",", ":")), flush=True)
+
+
+async def webhooks_cli(settings: Settings, action: str, endpoint: str | None) -> int:
+    """`tokend webhooks status` (one JSON line per endpoint; exit 1 when one lost events)
+    and `tokend webhooks retry ENDPOINT` (exit 1 when a dead letter failed again)."""
+    redis = make_redis(settings.redis, pool_size=2, pool_timeout=5.0)
+    try:
+        with redis_errors():  # Redis down: one line (main prints TokendError), no traceback
+            return await _webhooks_cli(redis, settings, action, endpoint)
+    finally:
+        await close_redis(redis)
+
+
+async def _webhooks_cli(redis: Redis, settings: Settings, action: str, endpoint: str | None) -> int:
+    from workers.backchannel import delivery_targets, open_targets
+    from workers.webhooks import redeliver_dead_letters
+    from workers.webhooks_store import WebhookStore
+
+    if action == "retry":
+        assert endpoint is not None
+        async with open_targets(settings) as targets:
+            report = await redeliver_dead_letters(redis, settings, endpoint, targets)
+        print(json.dumps(report))
+        return 1 if report["failed"] else 0
+    store = WebhookStore(redis, Keyspace(settings.redis_prefix, settings.redis_partitions))
+    lost = False
+    # the webhooks, then the back-channel logout endpoints (bcl-<client id>)
+    for ep in delivery_targets(settings, None):
+        status = await store.status(ep, time.time())
+        print(json.dumps(status, separators=(",", ":")), flush=True)
+        if status["lost"]:
+            lost = True
+            print(
+                f"tokend: webhook {ep.id} lost {status['lost']} events (trimmed before "
+                "delivery; see docs/webhooks.md)",
+                file=sys.stderr,
+            )
+    return 1 if lost else 0
 
 
 def run_fast(main: Coroutine[Any, Any, None]) -> None:
@@ -297,6 +335,11 @@ def _parser() -> argparse.ArgumentParser:
         metavar="ID",
         help="replay the stream after this entry id first ('-' for all it keeps)",
     )
+    webhooks = sub.add_parser("webhooks", help="signed webhook delivery (docs/webhooks.md)")
+    webhooks_sub = webhooks.add_subparsers(dest="action", required=True)
+    webhooks_sub.add_parser("status", help="per endpoint: position, lag, failures, lost")
+    retry = webhooks_sub.add_parser("retry", help="re-deliver an endpoint's dead letters")
+    retry.add_argument("endpoint")
     from .client_cli import add_client_parser
 
     add_client_parser(sub)
@@ -329,6 +372,15 @@ def _serve(settings: Settings) -> int:
 
     sockets = listen(settings.host, settings.port)
     return supervise(settings.processes, sockets, lambda s: run_fast(serve(settings, sockets=s)))
+
+
+def _streams(args: argparse.Namespace, settings: Settings) -> int:
+    """`tokend events tail` and `tokend webhooks status|retry`: readers of the streams."""
+    if args.command == "webhooks":
+        return asyncio.run(webhooks_cli(settings, args.action, getattr(args, "endpoint", None)))
+    with contextlib.suppress(KeyboardInterrupt):
+        asyncio.run(tail_events(settings, args.since))
+    return 0
 
 
 def run(argv: Sequence[str], env: Mapping[str, str]) -> int:
@@ -380,9 +432,8 @@ def run(argv: Sequence[str], env: Mapping[str, str]) -> int:
     elif args.command == "keys":
         generation = asyncio.run(rotate_keys(settings))
         print(json.dumps({"rotated": generation is not None, "generation": generation}))
-    elif args.command == "events":
-        with contextlib.suppress(KeyboardInterrupt):
-            asyncio.run(tail_events(settings, args.since))
+    elif args.command in ("events", "webhooks"):
+        return _streams(args, settings)
     return 0
 
 

@@ -5,6 +5,11 @@ else ``$XDG_CONFIG_HOME/tokend/tokens.json`` (``~/.config/tokend/tokens.json``);
 file is ``0600`` and a directory made for it ``0700``. ``whoami`` refreshes the access
 token when it has expired and writes the rotated pair back, so the seed's flow can be
 followed from a shell.
+
+``login --dpop`` binds the session to a DPoP key (RFC 9449): an EC P-256 key in a PEM
+file next to the tokens file (``0600``, one per URL), made on the first ``--dpop`` login
+and used by ``whoami`` and ``logout`` (and their refreshes) whenever the kept tokens are
+bound. A bound session whose key file is gone cannot be used: log in again.
 """
 
 from __future__ import annotations
@@ -27,6 +32,7 @@ from tokend_client import (
     TokendClientError,
     TokenSession,
 )
+from tokend_client.dpop import bound_jkt
 
 DEFAULT_URL = "http://127.0.0.1:8080"
 
@@ -46,6 +52,11 @@ def add_client_parser(sub: Any) -> None:
             action.add_argument("--username", help="asked for when not given")
             action.add_argument(
                 "--password-stdin", action="store_true", help="read the password from stdin"
+            )
+            action.add_argument(
+                "--dpop",
+                action="store_true",
+                help="bind the tokens to a DPoP key kept next to the tokens file (0600)",
             )
 
 
@@ -82,9 +93,11 @@ def run_client(args: argparse.Namespace, env: Mapping[str, str]) -> int:
                 password = sys.stdin.readline().rstrip("\n")
             else:
                 password = getpass.getpass("password: ")
-            me = asyncio.run(_login(url, store, username, password))
+            me = asyncio.run(_login(url, store, username, password, args.dpop))
             print(json.dumps(me))
-            print(f"logged in to {url} as {me.get('username')}; tokens in {path}", file=sys.stderr)
+            key = f", DPoP key in {store.dpop_key_path}" if args.dpop else ""
+            where = f"tokens in {path}{key}"
+            print(f"logged in to {url} as {me.get('username')}; {where}", file=sys.stderr)
         elif args.action == "whoami":
             print(json.dumps(asyncio.run(_whoami(url, store))))
         else:
@@ -102,20 +115,36 @@ def run_client(args: argparse.Namespace, env: Mapping[str, str]) -> int:
     return 0
 
 
-async def _login(url: str, store: FileTokenStore, username: str, password: str) -> dict[str, Any]:
-    async with TokenSession(url, store=store) as session:
+async def _login(
+    url: str, store: FileTokenStore, username: str, password: str, dpop: bool
+) -> dict[str, Any]:
+    async with TokenSession(url, store=store, dpop=dpop) as session:
         await session.login(username, password)
         return await session.me()
 
 
 async def _whoami(url: str, store: FileTokenStore) -> dict[str, Any]:
-    async with TokenSession(url, store=store) as session:
+    async with TokenSession(url, store=store, dpop=await _bound(url, store)) as session:
         return await session.me()
 
 
 async def _logout(url: str, store: FileTokenStore) -> bool:
-    async with TokenSession(url, store=store) as session:
-        if await store.load() is None:
-            return False
+    if await store.load() is None:
+        return False
+    async with TokenSession(url, store=store, dpop=await _bound(url, store)) as session:
         await session.logout()
         return True
+
+
+async def _bound(url: str, store: FileTokenStore) -> bool:
+    """Whether the kept tokens are DPoP-bound (their key file must then be there)."""
+    tokens = await store.load()
+    if tokens is None or bound_jkt(tokens.access_token) is None:
+        return False
+    path = store.dpop_key_path
+    if not path.exists():
+        raise TokendClientError(
+            f"the session at {url} is DPoP-bound but its key file {path} is missing;"
+            f" run: tokend client login --dpop --url {url}"
+        )
+    return True

@@ -11,6 +11,8 @@
     │   ├── InvalidScope                 a scope that is not allowed
     │   ├── UnauthorizedClient           the client may not use this token or grant
     │   ├── ValidationFailed             a field breaks a rule (username, password)
+    │   ├── InvalidDPoPProof             a token request's DPoP proof is missing or refused
+    │   │   └── UseDPoPNonce             the proof lacks tokend's current DPoP nonce
     │   └── SocialLoginFailed            OIDC callback: state, provider error, ID token
     │       ├── SocialLoginRefused       the provider answered an error; carries it
     │       ├── SocialLoginDenied        the linked account is disabled or gone
@@ -19,7 +21,9 @@
     ├── Unauthorized                     no credentials at all
     ├── InvalidToken                     token expired, revoked, malformed, wrong type
     │   ├── TokenExpired                 its lifetime has passed
-    │   └── TokenRevoked                 it or its session was revoked
+    │   ├── TokenRevoked                 it or its session was revoked
+    │   └── InvalidResourceProof         a protected resource's DPoP proof is refused
+    │       └── ResourceNonceRequired    the proof lacks tokend's current DPoP nonce
     ├── InvalidCredentials               wrong username or password
     ├── Forbidden                        the caller may not do this
     ├── NotFound                         no such resource (or not the caller's)
@@ -95,6 +99,20 @@ class ValidationFailed(BadRequest):
     """A field of the request breaks a rule (username or password policy)."""
 
 
+class InvalidDPoPProof(BadRequest):
+    """A token request's DPoP proof (RFC 9449) is missing where one is required, or
+    refused by a check of section 4.3."""
+
+    description = "invalid DPoP proof"
+
+
+class UseDPoPNonce(InvalidDPoPProof):
+    """The token request's DPoP proof lacks tokend's current nonce (RFC 9449 section 8):
+    retry with the one in the answer's ``DPoP-Nonce`` header."""
+
+    description = "a DPoP nonce is required: retry with the DPoP-Nonce of this answer"
+
+
 class SocialLoginFailed(BadRequest):
     """An OpenID Connect login failed at the callback (state, request, provider answer)."""
 
@@ -146,6 +164,20 @@ class TokenRevoked(InvalidToken):
     """The token or its session was revoked."""
 
     description = "token revoked"
+
+
+class InvalidResourceProof(InvalidToken):
+    """The DPoP proof sent with a DPoP-bound access token to a protected resource is
+    refused (RFC 9449 section 7.1: 401, ``invalid_dpop_proof``)."""
+
+    description = "invalid DPoP proof"
+
+
+class ResourceNonceRequired(InvalidResourceProof):
+    """A protected resource's DPoP proof lacks tokend's current nonce (RFC 9449
+    section 9: 401, ``use_dpop_nonce``)."""
+
+    description = "a DPoP nonce is required: retry with the DPoP-Nonce of this answer"
 
 
 class InvalidCredentials(TokendError):

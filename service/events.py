@@ -29,6 +29,8 @@ EVENTS: dict[str, dict[str, str]] = {
         "sid": "string",
         "jti": "null",
         "detail": "string?",
+        # the OAuth client the session was issued to; absent when it had none
+        "cid": "string?",
     },
     "session.expired": {**_BASE, "sub": "string", "sid": "string", "jti": "null"},
     "token.revoked": {**_BASE, "sub": "string", "sid": "string", "jti": "string"},
@@ -57,6 +59,7 @@ EVENTS: dict[str, dict[str, str]] = {
 REASONS: dict[str, tuple[str, ...]] = {
     "session.revoked": (
         "logout",
+        "logout_others",
         "session_deleted",
         "oauth_revoke",
         "refresh_token_reuse",

@@ -57,6 +57,7 @@ from .keyspace import DEFAULT_PARTITIONS, Keyspace
 from .positions import Position, PositionStore, parse_position
 from .redisconn import redis_errors
 from .replicated import ReplicatedWrites
+from .retention import StreamRetention
 from .settings import Settings
 
 log = logging.getLogger("tokend.fence")
@@ -101,6 +102,8 @@ class RedisFence:
         self.check_interval = check_interval
         self.checkpoint_interval = checkpoint_interval
         self.keys = Keyspace(prefix, partitions)
+        # what a fence's event trims its stream to (service/retention.py)
+        self.trim = StreamRetention(redis, self.keys.retention, retention)
         #: The highest position seen of each partition (absent until read once).
         self.known: dict[int, Position] = {}
         self._durable: dict[int, Position] = {}  # last loaded from or saved to SQL
@@ -136,7 +139,7 @@ class RedisFence:
             positions=positions,
             clock=clock,
             deny_window=settings.access_ttl + settings.leeway + 1,
-            retention=settings.access_ttl + settings.leeway + 300,
+            retention=settings.stream_retention,
             partitions=settings.redis_partitions,
             replicated=replicated,
         )
@@ -241,6 +244,7 @@ class RedisFence:
         assert known is not None
         reason = "redis_data_loss" if seen is None else "redis_rollback"
         now = self.clock()
+        await self.trim.refresh()
         with redis_errors():
             await self.check_layout()
             result = cast(
@@ -250,7 +254,7 @@ class RedisFence:
                     args=[
                         "",
                         "",
-                        self.retention,
+                        self.trim.seconds,
                         "" if seen is None else str(seen.epoch),
                         known.epoch,
                         known.gen,

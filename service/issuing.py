@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -22,12 +23,19 @@ class TokenPair:
     sid: str
     sub: str
     scope: str = ""
+    #: The DPoP key thumbprint the access token is bound to, "" for a bearer token.
+    jkt: str = ""
+
+    @property
+    def token_type(self) -> str:
+        """``DPoP`` for a DPoP-bound access token (RFC 9449 section 5), else ``Bearer``."""
+        return "DPoP" if self.jkt else "Bearer"
 
     def body(self) -> dict[str, Any]:
         """The token body of docs/design.md (RFC 6749 section 5.1 plus refresh_expires_in)."""
         body: dict[str, Any] = {
             "access_token": self.access_token,
-            "token_type": "Bearer",
+            "token_type": self.token_type,
             "expires_in": self.expires_in,
             "refresh_token": self.refresh_token,
             "refresh_expires_in": self.refresh_expires_in,
@@ -44,6 +52,12 @@ class ClientInfo:
     ip: str = ""
     user_agent: str = ""
     client_id: str = ""
+    #: The DPoP key the request proved possession of (RFC 7638 thumbprint), "" for none:
+    #: the tokens it is issued are bound to it.
+    jkt: str = ""
+    #: Whether a new session's refresh token is bound to ``jkt`` too: a public client's
+    #: and tokend's own logins are, a confidential client's is not (RFC 9449 section 5).
+    bind_refresh: bool = True
 
 
 @dataclass(frozen=True)
@@ -60,6 +74,21 @@ class Grant:
     auth_time: float
     #: The refresh token's rotation number (1 at login, one more per rotation).
     rot: int = 1
+    #: The DPoP keys the access and the refresh token are bound to ("" for none).
+    jkt: str = ""
+    refresh_jkt: str = ""
+
+
+def after_fence(now: float, fence: float | None) -> float:
+    """The time to issue an access token at: ``now``, or the second after the partition's
+    fence when ``now`` falls in or before its second. Tokens carry whole seconds and a fence
+    denies every ``iat`` up to its own time, so a token issued just after a fence, in its
+    second (by any process: the login that ran it, or another), would be refused at once
+    by tokend and every subscriber. At most a second ahead, well inside every verifier's
+    ``iat`` leeway."""
+    if fence is not None and int(now) <= fence:
+        return math.floor(fence) + 1.0
+    return now
 
 
 class Issuer:
@@ -96,15 +125,25 @@ class Issuer:
             user_agent=client.user_agent,
             ip=client.ip,
             checked_at=checked_at,
+            jkt=client.jkt,
         )
         if created.refused:
             raise InvalidCredentials()
         for _ in created.evicted:
             self.metrics.revoked("session_limit", "session.revoked")
         grant = Grant(
-            user.id, sid, jti, created.iat, created.exp, client.client_id, scope, checked_at
+            user.id,
+            sid,
+            jti,
+            created.iat,
+            created.exp,
+            client.client_id,
+            scope,
+            checked_at,
+            jkt=client.jkt,
+            refresh_jkt=client.jkt if client.bind_refresh else "",
         )
-        return self.pair(grant, now)
+        return self.pair(grant, after_fence(now, created.fence))
 
     def pair(self, grant: Grant, now: float) -> TokenPair:
         """The access and refresh token of ``grant``: one signature, one MAC."""
@@ -115,6 +154,7 @@ class Issuer:
             client_id=grant.client_id or None,
             scope=grant.scope or None,
             auth_time=grant.auth_time,
+            jkt=grant.jkt or None,
         )
         refresh = self.tokens.issue_refresh(
             sub=grant.sub,
@@ -125,6 +165,7 @@ class Issuer:
             now=now,
             client_id=grant.client_id or None,
             rot=grant.rot,
+            jkt=grant.refresh_jkt or None,
         )
         return TokenPair(
             access_token=access.token,
@@ -134,4 +175,5 @@ class Issuer:
             sid=grant.sid,
             sub=grant.sub,
             scope=grant.scope,
+            jkt=grant.jkt,
         )

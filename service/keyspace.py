@@ -17,9 +17,14 @@ logout-all stays one atomic script.
                       the same name wakes subscribers up
     P:{T}:epoch, P:{T}:gen, P:{T}:fence   the partition's position and last fence
     P:partitions      the partition count
+    P:retention       seconds the event streams must keep, advertised by a deliverer
     P:<name>:u:<digest>, P:<name>:ip:<ip>, P:<name>:<digest>   limiter counters
     P:oidc:state|code|ticket|link:<sha256>   social-login flow records
     P:oidc:starts:<digest>   social-login flow starts per IP
+    P:oidc:bcl:sid|sub:<digest>   back-channel logout: hash tokend sid → uid of the
+                      sessions from one provider session / provider account
+    P:oidc:bcl:jti|ended:<digest>   seen logout-token jtis; provider sessions just ended
+    P:dpop:jti:<digest>      a DPoP proof (key thumbprint, jti) seen, for the proof window
     P:workers:heartbeat      hash: host:pid → last beat
 
 The subscriber library builds the names it reads (the layout, and per partition the
@@ -72,6 +77,20 @@ class Partition(PartitionKeys):
         """The first KEYS of every tokend script: epoch, gen, events stream, fence."""
         return [self.epoch, self.gen, self.events, self.fence]
 
+    # signed webhooks (workers/webhooks.py): per endpoint, in the partition's slot
+    def webhook_position(self, endpoint: str) -> str:
+        """Hash: ``id`` (last stream entry delivered or given up), ``failed`` (failed
+        attempts), ``error`` (the last), ``lost``/``lost_at`` (events trimmed unsent)."""
+        return self.key(f"wh:{endpoint}:pos")
+
+    def webhook_lease(self, endpoint: str) -> str:
+        """The one deliverer of this (endpoint, partition): its token, with a TTL."""
+        return self.key(f"wh:{endpoint}:lease")
+
+    def webhook_dead(self, endpoint: str) -> str:
+        """Stream of dead letters: the entries that ran out of attempts."""
+        return self.key(f"wh:{endpoint}:dead")
+
 
 @dataclass(frozen=True)
 class Keyspace:
@@ -101,6 +120,11 @@ class Keyspace:
     def layout(self) -> str:
         return f"{self.prefix}:partitions"
 
+    @property
+    def retention(self) -> str:
+        """The stream retention a deliverer needs (service/retention.py)."""
+        return f"{self.prefix}:retention"
+
     # limiters (service/ratelimit.py; social-login starts count as "oidc:starts")
     def limit_user(self, name: str, username: str) -> str:
         return f"{self.prefix}:{name}:u:{_digest(username, 32)}"
@@ -123,6 +147,23 @@ class Keyspace:
 
     def oidc_link(self, code: str) -> str:
         return f"{self.prefix}:oidc:link:{_digest(code)}"
+
+    # back-channel logout (service/backchannel.py); one provider's names, hashed
+    def oidc_bcl_sid(self, provider: str, sid: str) -> str:
+        return f"{self.prefix}:oidc:bcl:sid:{_digest(provider + chr(0) + sid)}"
+
+    def oidc_bcl_sub(self, provider: str, sub: str) -> str:
+        return f"{self.prefix}:oidc:bcl:sub:{_digest(provider + chr(0) + sub)}"
+
+    def oidc_bcl_jti(self, provider: str, jti: str) -> str:
+        return f"{self.prefix}:oidc:bcl:jti:{_digest(provider + chr(0) + jti)}"
+
+    def oidc_bcl_ended(self, provider: str, sid: str) -> str:
+        return f"{self.prefix}:oidc:bcl:ended:{_digest(provider + chr(0) + sid)}"
+
+    # DPoP proofs seen (service/dpop.py): one key per (key thumbprint, jti), hashed
+    def dpop_jti(self, jkt: str, jti: str) -> str:
+        return f"{self.prefix}:dpop:jti:{_digest(jkt + chr(0) + jti)}"
 
     # workers
     @property

@@ -43,6 +43,7 @@ RefreshOutcome = Literal[
 RevocationReason = Literal[
     "logout",
     "logout_all",
+    "logout_others",
     "session_deleted",
     "session_limit",
     "password_changed",

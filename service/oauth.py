@@ -49,7 +49,7 @@ from .login import Login
 from .refresh import Refresh
 from .session_control import SessionControl
 from .settings import OAuthClient
-from .tokens import REFRESH_TYP, TokenService
+from .tokens import REFRESH_TYP, TokenService, bound_key
 
 TokenKind = Literal["access_token", "refresh_token"]
 TOKEN_KINDS: tuple[TokenKind, ...] = ("access_token", "refresh_token")
@@ -214,9 +214,12 @@ class OAuthServer:
         password = require(form, "password")
         scope = parse_scope(form.get("scope")) or ""
         try:
-            return await self.logins.login(
-                username, password, replace(origin, client_id=client.client_id), scope
+            # RFC 9449 section 5: a public client's refresh token is bound to its DPoP
+            # key too; a confidential client's stays unbound (it authenticates itself).
+            origin = replace(
+                origin, client_id=client.client_id, bind_refresh=not client.confidential
             )
+            return await self.logins.login(username, password, origin, scope)
         except InvalidCredentials as exc:
             raise InvalidGrant(exc.description) from None
 
@@ -257,11 +260,12 @@ class OAuthServer:
         kind, claims = found
         if kind == "access_token":
             try:
-                principal = await self.callers.authenticate(token)
+                # A resource server introspects a bound token it got with its proof.
+                principal = await self.callers.authenticate(token, check_binding=False)
             except InvalidToken:
                 return dict(INACTIVE)
             username = principal.user.username
-            token_type = "Bearer"
+            token_type = "DPoP" if bound_key(claims) else "Bearer"
         else:
             holder = await self.callers.refresh_holder(claims)
             if holder is None:
@@ -270,7 +274,9 @@ class OAuthServer:
             token_type = "refresh_token"
             claims = {**claims, "scope": holder[1]}
         body: dict[str, Any] = {"active": True, "token_type": token_type, "username": username}
-        for name in ("scope", "client_id", "sub", "aud", "iss", "exp", "iat", "jti", "sid"):
+        # RFC 9449 section 6.2: a bound token's cnf (its key's thumbprint).
+        names = ("scope", "client_id", "sub", "aud", "iss", "exp", "iat", "jti", "sid", "cnf")
+        for name in names:
             if claims.get(name):
                 body[name] = claims[name]
         return body

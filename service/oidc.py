@@ -322,16 +322,27 @@ class ProviderClient:
 
     async def verify_id_token(self, token: str, nonce: str) -> dict[str, Any]:
         """The ID token's claims after every check of OIDC Core section 3.1.3.7."""
+        # Time is checked in _check_claims against tokend's own (injectable) clock.
+        claims = await self.verified_jws(token, "ID token", ["iss", "sub", "aud", "exp", "iat"])
+        self._check_claims(claims, nonce)
+        return claims
+
+    async def verified_jws(self, token: str, what: str, require: list[str]) -> dict[str, Any]:
+        """The claims of a JWS the provider signed (an ID token, a logout token; ``what``
+        names it in the errors, SocialGrantInvalid): an algorithm on tokend's list and
+        among those the provider announces, its key from the provider's JWKS, the
+        signature, ``iss``, ``aud`` and the ``require``d claims. The time claims are the
+        caller's to check."""
         try:
             header = jwt.get_unverified_header(token)
         except jwt.PyJWTError:
-            raise _bad_token("the ID token is not a valid JWS") from None
+            raise _bad_token(f"the {what} is not a valid JWS") from None
         alg = header.get("alg")
         if not isinstance(alg, str) or alg not in ALGORITHMS:
-            raise _bad_token(f"ID token algorithm {str(alg)[:20]!r} is not accepted")
+            raise _bad_token(f"{what} algorithm {str(alg)[:20]!r} is not accepted")
         doc = await self.discovery()
         if doc.id_token_algs and alg not in doc.id_token_algs:
-            raise _bad_token(f"ID token algorithm {alg} is not one the provider announces")
+            raise _bad_token(f"{what} algorithm {alg} is not one the provider announces")
         key = await self.signing_key(header.get("kid"), alg)
         try:
             claims: dict[str, Any] = jwt.decode(
@@ -341,20 +352,18 @@ class ProviderClient:
                 audience=self.provider.client_id,
                 issuer=self.issuer,
                 options={
-                    "require": ["iss", "sub", "aud", "exp", "iat"],
-                    # Time is checked below against tokend's own (injectable) clock.
+                    "require": require,
                     "verify_exp": False,
                     "verify_iat": False,
                     "verify_nbf": False,
                 },
             )
         except jwt.InvalidIssuerError:
-            raise _bad_token("the ID token's iss is not the provider's issuer") from None
+            raise _bad_token(f"the {what}'s iss is not the provider's issuer") from None
         except jwt.InvalidAudienceError:
-            raise _bad_token("the ID token's aud does not contain tokend's client_id") from None
+            raise _bad_token(f"the {what}'s aud does not contain tokend's client_id") from None
         except jwt.PyJWTError as exc:
-            raise _bad_token(f"the ID token is invalid ({type(exc).__name__})") from None
-        self._check_claims(claims, nonce)
+            raise _bad_token(f"the {what} is invalid ({_jwt_reason(exc)})") from None
         return claims
 
     def _check_claims(self, claims: dict[str, Any], nonce: str) -> None:
@@ -406,6 +415,15 @@ async def _read_limited(resp: aiohttp.ClientResponse, limit: int) -> bytes:
         chunks.append(chunk)
         size += len(chunk)
     return b"".join(chunks)
+
+
+def _jwt_reason(exc: jwt.PyJWTError) -> str:
+    name = type(exc).__name__
+    if isinstance(exc, jwt.InvalidSignatureError):
+        return f"{name}: the signature does not verify with the provider's key"
+    if isinstance(exc, jwt.MissingRequiredClaimError):
+        return f"{name}: the {exc.claim} claim is missing"
+    return name
 
 
 def _bad_token(description: str) -> SocialGrantInvalid:

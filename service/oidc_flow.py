@@ -25,6 +25,7 @@ from urllib.parse import quote, urlencode
 from redis.asyncio import Redis
 
 from .auth import Authenticator, ClientInfo, Principal, TokenPair
+from .backchannel import BackchannelLogout, ProviderSession, provider_session
 from .errors import (
     InvalidGrant,
     NotFound,
@@ -106,8 +107,10 @@ class SocialLogin:
         return_to: tuple[str, ...],
         starts_per_ip: int = 60,
         starts_window: int = 900,
+        backchannel: BackchannelLogout,
     ) -> None:
         self.providers = providers
+        self.backchannel = backchannel
         self.redis = redis
         self.prefix = prefix
         self.identities = identities
@@ -135,7 +138,8 @@ class SocialLogin:
         return f"{self.base_url}/auth/oidc/{quote(name, safe='')}/callback"
 
     def check_return_to(self, url: object) -> str | None:
-        """A return_to that passed the allow-list, None when absent; 400 otherwise."""
+        """A return_to that passed the allow-list (TOKEND_OIDC_RETURN_TO and tokend's own
+        ``/login``, which ``setup_oidc`` adds), None when absent; 400 otherwise."""
         if url is None or url == "":
             return None
         if not isinstance(url, str) or not return_to_allowed(url, self.return_to):
@@ -212,8 +216,11 @@ class SocialLogin:
             code_challenge=record.get("code_challenge"),
         )
 
-    async def finish(self, pending: PendingLogin, params: Mapping[str, str]) -> ExternalAccount:
-        """Check the authorization response, exchange the code, verify the ID token."""
+    async def finish(
+        self, pending: PendingLogin, params: Mapping[str, str]
+    ) -> tuple[ExternalAccount, ProviderSession]:
+        """Check the authorization response, exchange the code, verify the ID token: the
+        account, and the provider session (for back-channel logout)."""
         client = self.provider(pending.provider)
         client.check_iss_parameter(await client.discovery(), params.get("iss"))
         if "error" in params:
@@ -232,7 +239,7 @@ class SocialLogin:
             code=code, verifier=pending.verifier, redirect_uri=self.redirect_uri(pending.provider)
         )
         claims = await client.verify_id_token(id_token, pending.nonce)
-        return client.account(claims)
+        return client.account(claims), provider_session(pending.provider, claims)
 
     async def complete(
         self, pending: PendingLogin, params: Mapping[str, str], client: ClientInfo
@@ -241,17 +248,22 @@ class SocialLogin:
         token, then hand out a link code (a link flow links nothing here), a login code
         (with a return_to) or the token pair. A failure is counted once and raised."""
         try:
-            account = await self.finish(pending, params)
+            account, origin = await self.finish(pending, params)
             if pending.link_user is not None:
                 code = await self.issue_link_code(pending, account)
                 return Completed(link_code=code, provider=account.provider)
             user, checked_at = await self.local_user(account)
             if pending.return_to:
                 code = await self.issue_login_code(
-                    user, client, checked_at=checked_at, code_challenge=pending.code_challenge
+                    user,
+                    client,
+                    checked_at=checked_at,
+                    code_challenge=pending.code_challenge,
+                    origin=origin,
                 )
                 return Completed(login_code=code)
-            return Completed(pair=await self.start_session(user, client, checked_at=checked_at))
+            pair = await self.start_session(user, client, checked_at=checked_at, origin=origin)
+            return Completed(pair=pair)
         except TokendError:
             self.auth.logins.social_failed()
             raise
@@ -274,13 +286,28 @@ class SocialLogin:
         return await self.identities.link(user_id, account, self.auth.clock())
 
     async def start_session(
-        self, user: User, client: ClientInfo, *, checked_at: float | None
+        self,
+        user: User,
+        client: ClientInfo,
+        *,
+        checked_at: float | None,
+        origin: ProviderSession | None = None,
     ) -> TokenPair:
-        """tokend's own session for a user who logged in at a provider."""
-        return await self.auth.logins.social(user, client, checked_at=checked_at)
+        """tokend's own session for a user who logged in at a provider, recorded under the
+        provider session it came from (``origin``) for back-channel logout."""
+        pair = await self.auth.logins.social(user, client, checked_at=checked_at)
+        if origin is not None:
+            await self.backchannel.record(origin, user.id, pair.sid)
+        return pair
 
     async def issue_login_code(
-        self, user: User, client: ClientInfo, *, checked_at: float, code_challenge: str | None
+        self,
+        user: User,
+        client: ClientInfo,
+        *,
+        checked_at: float,
+        code_challenge: str | None,
+        origin: ProviderSession | None = None,
     ) -> str:
         """A one-time code for the application to redeem (LOGIN_CODE_TTL seconds), bound
         to the code_challenge the application gave when the login began."""
@@ -294,18 +321,21 @@ class SocialLogin:
             "user_agent": client.user_agent,
             "checked_at": checked_at,
             "code_challenge": code_challenge,
+            "origin": None if origin is None else [origin.provider, origin.subject, origin.sid],
         }
         with redis_errors():
             await self.redis.set(self._code_key(code), json.dumps(record), ex=LOGIN_CODE_TTL)
         return code
 
-    async def redeem_login_code(self, code: object, verifier: object) -> TokenPair:
+    async def redeem_login_code(
+        self, code: object, verifier: object, *, jkt: str = ""
+    ) -> TokenPair:
         """The token pair of a login code; once only (400 invalid_grant afterwards).
 
         The code is consumed before ``verifier`` is checked: a wrong or missing
         code_verifier burns it. The session starts here, not at the callback, so no tokens
         wait in Redis and an abandoned code leaves no session behind. It records the
-        browser of the callback.
+        browser of the callback; ``jkt``: the DPoP key the redeeming request proved.
         """
         if not isinstance(code, str) or not code or len(code) > 128:
             raise InvalidGrant("login_code is required")
@@ -325,8 +355,14 @@ class SocialLogin:
         user = await self.auth.users.by_id(record["user"])
         if user is None or user.disabled:
             raise InvalidGrant("the account of this login_code is no longer active")
-        client = ClientInfo(ip=record["ip"], user_agent=record["user_agent"])
-        return await self.start_session(user, client, checked_at=record.get("checked_at"))
+        client = ClientInfo(ip=record["ip"], user_agent=record["user_agent"], jkt=jkt)
+        origin = record.get("origin")
+        return await self.start_session(
+            user,
+            client,
+            checked_at=record.get("checked_at"),
+            origin=None if origin is None else ProviderSession(*origin),
+        )
 
     async def issue_link_ticket(
         self, name: str, principal: Principal, return_to: str | None

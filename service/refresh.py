@@ -5,11 +5,19 @@ from __future__ import annotations
 import logging
 
 from .clock import Clock
-from .errors import InvalidScope, InvalidToken, TokendError, TokenExpired, TokenRevoked, Unavailable
-from .issuing import ClientInfo, Grant, Issuer, TokenPair
+from .errors import (
+    InvalidDPoPProof,
+    InvalidScope,
+    InvalidToken,
+    TokendError,
+    TokenExpired,
+    TokenRevoked,
+    Unavailable,
+)
+from .issuing import ClientInfo, Grant, Issuer, TokenPair, after_fence
 from .metrics import Metrics, RefreshOutcome
 from .sessions import Rotation, SessionStore
-from .tokens import TokenService, new_id, rotation_number
+from .tokens import TokenService, bound_key, new_id, rotation_number
 
 # The metric outcome of each rotation that issued a pair (ahead: a lost write rolled
 # forward, see rotate.lua).
@@ -91,6 +99,15 @@ class Refresh:
             # RFC 6749 section 6: only the client the token was issued to may use it;
             # tokens from /auth/login belong to no client and refresh at /auth/refresh.
             return "invalid", InvalidToken("refresh token was issued to another client")
+        bound = bound_key(claims)
+        if bound is not None and bound != client.jkt:
+            # RFC 9449 section 5: checked before rotate.lua, so the refusal changes nothing
+            # (no rotation, no reuse): a stolen bound token is worth nothing without its key.
+            return "invalid", InvalidDPoPProof(
+                "this refresh token is bound to a DPoP key: send a DPoP proof by that key"
+                if not client.jkt
+                else "the DPoP proof is signed by another key than the refresh token's"
+            )
         sid = claims["sid"]
         # One script: it refuses a widened scope before it consumes the presented token.
         rotation = await self.sessions.rotate(
@@ -123,9 +140,13 @@ class Refresh:
             granted,
             rotation.auth,
             rotation.rot,
+            # The access token is bound to this request's key; the refresh token keeps the
+            # binding it was born with (the same bytes for a grace replay).
+            jkt=client.jkt,
+            refresh_jkt=bound or "",
         )
         outcome = ISSUED[rotation.status]
-        return outcome, self.issuer.pair(grant, now)
+        return outcome, self.issuer.pair(grant, after_fence(now, rotation.fence))
 
     def _refused(
         self, rotation: Rotation, sid: str, client: ClientInfo

@@ -37,6 +37,8 @@ class Rotation:
     auth: float = 0.0
     #: The rotation number of the refresh token ``jti`` (its ``rot`` claim).
     rot: int = 1
+    #: The partition's last fence time (None: never fenced); see issuing.after_fence.
+    fence: float | None = None
     reuse_kind: str = ""
     other_ip: str = ""
     other_ua: str = ""
@@ -46,7 +48,7 @@ def rotation(result: list[Any]) -> tuple[Rotation, Reported | None]:
     """rotate.lua's reply and the position it reports."""
     status = result[0]
     if status in ("rotated", "grace", "ahead"):
-        _, uid, jti, iat, exp, cid, scope, gen, epoch, auth, n = result
+        _, uid, jti, iat, exp, cid, scope, gen, epoch, auth, n, fence = result
         rot = Rotation(
             status,
             uid,
@@ -57,6 +59,7 @@ def rotation(result: list[Any]) -> tuple[Rotation, Reported | None]:
             scope or "",
             float(auth or 0),
             rot=int(n),
+            fence=float(fence) if fence else None,
         )
         return rot, (gen, epoch)
     if status == "scope":
@@ -101,12 +104,15 @@ class CreateReply:
     status: Literal["ok", "full", "revoked"]
     reported: Reported | None = None
     evicted: tuple[str, ...] = ()
+    #: The partition's last fence (all.revoked) time, None when it was never fenced.
+    fence: float | None = None
 
 
 def created(result: list[Any]) -> CreateReply:
     """create.lua's reply."""
     if result[0] == "ok":
-        return CreateReply("ok", (result[1], result[2]), tuple(result[3:]))
+        fence = float(result[3]) if result[3] else None
+        return CreateReply("ok", (result[1], result[2]), tuple(result[4:]), fence)
     if result[0] in ("full", "revoked"):
         return CreateReply(result[0])
     raise ValueError(f"create.lua: unexpected reply {result[0]!r}")

@@ -2,7 +2,7 @@
 
 Key names come from service/keyspace.py: a session lives in its user's partition ``T``.
 The session hash ``P:{T}:s:<sid>`` holds uid, cid,
-scope, created, last, plast, idle, abs, cur, prev, ua, ip, ep, auth (TTL follows the idle
+scope, created, last, plast, idle, abs, cur, prev, ua, ip, ep, auth, jkt (TTL follows the idle
 deadline). ``auth`` is when the credentials were checked, on Redis's clock
 (``server_time``). The current refresh token was issued at ``last`` and expires at
 ``idle``; ``prev`` is honoured until last + grace. The user agent and IP are cut to 64
@@ -38,6 +38,7 @@ from .redisbatch import AutoPipeline
 from .redisconn import redis_errors
 from .replicated import ReplicatedWrites
 from .replies import Reported, Rotation
+from .retention import StreamRetention
 from .settings import Settings
 
 __all__ = [
@@ -68,6 +69,9 @@ class Created:
     iat: int = 0
     exp: int = 0
     evicted: tuple[str, ...] = ()
+    #: The user's partition's last fence time: the session's access tokens must be issued
+    #: after its second (it denies every token with ``iat <= fence``). None: never fenced.
+    fence: float | None = None
 
 
 def parse_mark(value: str) -> tuple[float, str]:
@@ -96,6 +100,8 @@ class SessionInfo:
     absolute_deadline: float
     user_agent: str
     ip: str
+    #: Whether the session's login proved a DPoP key (its tokens are bound to it).
+    bound: bool = False
 
 
 class SessionStore:
@@ -115,6 +121,8 @@ class SessionStore:
         fence: RedisFence | None = None,
         partitions: int = DEFAULT_PARTITIONS,
         replicated: ReplicatedWrites | None = None,
+        retention: int | None = None,
+        trim: StreamRetention | None = None,
     ) -> None:
         self.redis = redis
         self.fence = fence
@@ -130,8 +138,11 @@ class SessionStore:
         self.keys = Keyspace(prefix, partitions)
         # Every script's KEYS start with its partition's head (lua/common.lua); ARGV with
         # the partition's known position and the retention.
-        # The stream keeps every revocation that can still matter, plus a margin.
-        self.retention = access_ttl + leeway + 300
+        # The stream keeps every revocation that can still matter, plus a margin (with
+        # webhooks, Settings.stream_retention: at least TOKEND_WEBHOOK_RETENTION).
+        self.retention = access_ttl + leeway + 300 if retention is None else retention
+        # what the scripts trim to: that, or longer when a deliverer needs longer
+        self.trim = trim or StreamRetention(redis, self.keys.retention, self.retention)
         self._create = redis.register_script(_script("create"))
         self._rotate = redis.register_script(_script("rotate"))
         self._revoke = redis.register_script(_script("revoke"))
@@ -164,7 +175,14 @@ class SessionStore:
             fence=fence,
             partitions=settings.redis_partitions,
             replicated=replicated or (fence.replicated if fence is not None else None),
+            retention=settings.stream_retention,
+            trim=fence.trim if fence is not None else None,
         )
+
+    async def _trim(self) -> int:
+        """The retention the next write trims its stream to (service/retention.py)."""
+        await self.trim.refresh()
+        return self.trim.seconds
 
     async def server_time(self) -> float:
         """Redis's clock, to the microsecond: the one clock that session authentication
@@ -208,18 +226,21 @@ class SessionStore:
         user_agent: str = "",
         ip: str = "",
         checked_at: float,
+        jkt: str = "",
     ) -> Created:
         """Record a new session whose current refresh token is ``jti``, unless the user
         was revoked at or after ``checked_at`` (``server_time`` taken before the user's
-        credentials were read): then nothing is written and the result is ``refused``."""
+        credentials were read): then nothing is written and the result is ``refused``.
+        ``jkt``: the DPoP key the login proved (the session list shows it as bound)."""
         iat = int(now)
         absolute = iat + self.absolute_ttl
         idle = min(iat + self.idle_ttl, absolute)
         p = self.keys.of(uid)
         own = [p.session(sid), p.user_index(uid), p.user_mark(uid), p.expiry]
         args: list[Any] = [sid, uid, client_id, scope, now, idle, absolute, jti, user_agent, ip]
-        args += [f"{checked_at:.6f}", self.max_sessions, self.deny_until(now)]
+        args += [f"{checked_at:.6f}", self.max_sessions, self.deny_until(now), jkt]
         victims: list[str] = []
+        trim = await self._trim()
         for _ in range(CAP_ATTEMPTS):
             keys = [*p.head, *own]
             for v in victims:
@@ -227,7 +248,7 @@ class SessionStore:
             argv = [*args, *victims]
 
             def run(known: tuple[str, str], keys: list[str] = keys, argv: list[Any] = argv) -> Any:
-                return self._durable(self._create, keys, [*known, self.retention, *argv])
+                return self._durable(self._create, keys, [*known, trim, *argv])
 
             result = await run_checked(self.fence, p.index, run)
             reply = replies.created(result)
@@ -235,7 +256,7 @@ class SessionStore:
                 return Created(refused=True)
             if reply.status == "ok":
                 self._observe(p.index, reply.reported, replicated=True)
-                return Created(False, iat, idle, reply.evicted)
+                return Created(False, iat, idle, reply.evicted, reply.fence)
             victims = await self._cap_candidates(uid)
         raise Unavailable("too many concurrent logins of one user past the session cap")
 
@@ -277,10 +298,11 @@ class SessionStore:
         args: list[Any] = [sid, jti, now, new_jti, self.idle_ttl, self.grace, self.deny_until(now)]
         args += [user_agent, ip, uid, "0" if scope is None else "1", scope or ""]
         args += ["" if rot is None else rot, iat]
+        trim = await self._trim()
         result = await run_checked(
             self.fence,
             p.index,
-            lambda known: self._batch.script(self._rotate, keys, [*known, self.retention, *args]),
+            lambda known: self._batch.script(self._rotate, keys, [*known, trim, *args]),
         )
         rotation, position = replies.rotation(result)
         self._observe(p.index, position, replicated=False)
@@ -317,10 +339,11 @@ class SessionStore:
             self.deny_until(now),
             "1" if force else "0",
         ]
+        trim = await self._trim()
         result = await run_checked(
             self.fence,
             p.index,
-            lambda known: self._durable(self._revoke, keys, [*known, self.retention, *args]),
+            lambda known: self._durable(self._revoke, keys, [*known, trim, *args]),
         )
         return bool(self._written(p.index, result))
 
@@ -331,10 +354,11 @@ class SessionStore:
         kept = p.session(keep_sid) if keep_sid else p.user_index(uid)
         keys = [*p.head, p.user_index(uid), p.user_mark(uid), kept]
         args: list[Any] = [uid, reason, self.deny_until(now), keep_sid]
+        trim = await self._trim()
         result = await run_checked(
             self.fence,
             p.index,
-            lambda known: self._durable(self._revoke_user, keys, [*known, self.retention, *args]),
+            lambda known: self._durable(self._revoke_user, keys, [*known, trim, *args]),
         )
         return self._written(p.index, result)
 
@@ -345,10 +369,11 @@ class SessionStore:
         p = self.keys.of(sub)
         keys = [*p.head, p.deny_token(jti)]
         args: list[Any] = [jti, sub, sid, reason, now, int(exp) + self.leeway + 1]
+        trim = await self._trim()
         result = await run_checked(
             self.fence,
             p.index,
-            lambda known: self._durable(self._revoke_token, keys, [*known, self.retention, *args]),
+            lambda known: self._durable(self._revoke_token, keys, [*known, trim, *args]),
         )
         return bool(self._written(p.index, result))
 
@@ -372,14 +397,16 @@ class SessionStore:
             for member in due:
                 sid, _, uid = member.partition(":")
                 keys += [p.session(sid), p.user_index(uid), p.user_mark(uid)]
-            n = await self._expire(keys=keys, args=["", "", self.retention, now, *due])
+            trim = await self._trim()
+            n = await self._expire(keys=keys, args=["", "", trim, now, *due])
         return replies.expired(n)
 
     async def publish(self, event: dict[str, Any]) -> str:
         """Append an event with no state change (key.rotated) to partition 0's stream."""
+        trim = await self._trim()
         with redis_errors():
             entry_id = await self._emit(
-                keys=self.keys.partition(0).head, args=["", "", self.retention, json.dumps(event)]
+                keys=self.keys.partition(0).head, args=["", "", trim, json.dumps(event)]
             )
         return replies.emitted(entry_id)
 
@@ -510,4 +537,5 @@ def _info(sid: str, row: dict[str, str]) -> SessionInfo:
         absolute_deadline=float(row.get("abs", 0)),
         user_agent=row.get("ua", ""),
         ip=row.get("ip", ""),
+        bound=bool(row.get("jkt")),
     )

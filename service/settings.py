@@ -14,7 +14,10 @@ from urllib.parse import urlsplit
 
 from tokend_client.redis_target import RedisTarget
 
+from . import browser_settings, dpop_settings
+from .dpop_settings import DPoPMode
 from .errors import ConfigError
+from .webhook_settings import WebhookEndpoint, backchannel_endpoint_id, parse_webhooks
 
 # The event log's partitions: each is one hash slot of a Redis Cluster.
 MAX_PARTITIONS = 256
@@ -30,6 +33,11 @@ class OAuthClient:
 
     client_id: str
     secret: str | None = None
+    # OpenID Connect Back-Channel Logout 1.0 (tokend as the OP; workers/backchannel.py):
+    # where a logout token is POSTed when a session of this client ends.
+    backchannel_logout_uri: str | None = None
+    # RFC 9449 section 5.2: every token request of this client needs a DPoP proof.
+    dpop_bound_access_tokens: bool = False
 
     @property
     def confidential(self) -> bool:
@@ -102,6 +110,36 @@ class Settings:
     # Social-login flow starts (each writes a Redis record) per client IP and
     # TOKEND_LOGIN_FAILURE_WINDOW.
     oidc_starts_per_ip: int = 60
+    # Signed webhooks (docs/webhooks.md): endpoints, attempts per event before it becomes a
+    # dead letter, how long the event streams keep what an endpoint has not received,
+    # the per-request timeout and the first retry's delay (seconds).
+    webhooks: tuple[WebhookEndpoint, ...] = ()
+    webhook_max_attempts: int = 8
+    webhook_retention: int = 7 * 86_400
+    webhook_timeout: float = 5.0
+    webhook_backoff: float = 1.0
+    # Browsers (docs/browser.md): the refresh token in an HttpOnly cookie instead of the
+    # body, and the origins whose pages may call tokend with it (CORS, the CSRF check).
+    refresh_cookie: bool = False
+    allowed_origins: tuple[str, ...] = ()
+    # DPoP (docs/dpop.md): the policy of the /auth/* token requests, and server nonces.
+    dpop: DPoPMode = dpop_settings.DEFAULT_MODE
+    dpop_nonce: bool = False
+
+    @property
+    def browser_origins(self) -> frozenset[str]:
+        """TOKEND_ALLOWED_ORIGINS and, always, the issuer's own origin."""
+        return frozenset((*self.allowed_origins, browser_settings.issuer_origin(self.issuer)))
+
+    @property
+    def stream_retention(self) -> int:
+        """Seconds the partitions' event streams keep an entry (lua/common.lua's MINID):
+        every revocation that can still matter plus a margin, and with webhooks at least
+        TOKEND_WEBHOOK_RETENTION, so nothing an endpoint has not received is trimmed
+        before that."""
+        base = self.access_ttl + self.leeway + 300
+        pushed = self.webhooks or any(c.backchannel_logout_uri for c in self.oauth_clients.values())
+        return max(base, self.webhook_retention) if pushed else base
 
     @property
     def redis_url(self) -> str:
@@ -188,6 +226,17 @@ class Settings:
             oidc_starts_per_ip=r.get(
                 "TOKEND_OIDC_STARTS_PER_IP", cls.oidc_starts_per_ip, _positive
             ),
+            webhooks=r.get("TOKEND_WEBHOOKS", (), parse_webhooks),
+            webhook_max_attempts=r.get(
+                "TOKEND_WEBHOOK_MAX_ATTEMPTS", cls.webhook_max_attempts, _positive
+            ),
+            webhook_retention=r.get("TOKEND_WEBHOOK_RETENTION", cls.webhook_retention, _positive),
+            webhook_timeout=r.get("TOKEND_WEBHOOK_TIMEOUT", cls.webhook_timeout, _positive_float),
+            webhook_backoff=r.get("TOKEND_WEBHOOK_BACKOFF", cls.webhook_backoff, _positive_float),
+            refresh_cookie=r.get("TOKEND_REFRESH_COOKIE", False, _bool),
+            allowed_origins=r.get("TOKEND_ALLOWED_ORIGINS", (), browser_settings.origins),
+            dpop=r.get("TOKEND_DPOP", dpop_settings.DEFAULT_MODE, dpop_settings.mode),
+            dpop_nonce=r.get("TOKEND_DPOP_NONCE", False, _bool),
         )
         if settings.refresh_idle_ttl > settings.refresh_absolute_ttl:
             raise ConfigError(
@@ -195,6 +244,17 @@ class Settings:
             )
         if settings.refresh_reuse_grace >= settings.refresh_idle_ttl:
             raise ConfigError("TOKEND_REFRESH_REUSE_GRACE: must be below TOKEND_REFRESH_IDLE_TTL")
+        bcl = {
+            backchannel_endpoint_id(c.client_id): c.client_id
+            for c in settings.oauth_clients.values()
+            if c.backchannel_logout_uri
+        }
+        for ep in settings.webhooks:
+            if ep.id in bcl:
+                raise ConfigError(
+                    f"TOKEND_WEBHOOKS: endpoint id {ep.id!r} is the back-channel logout "
+                    f"endpoint of client {bcl[ep.id]!r}: choose another id"
+                )
         return settings
 
 
@@ -360,7 +420,26 @@ def _oauth_clients(raw: str) -> dict[str, OAuthClient]:
         secret = spec.get("secret")
         if secret is not None and (not isinstance(secret, str) or not secret):
             raise ValueError(f"client {client_id!r}: secret must be a non-empty string")
-        clients[client_id] = OAuthClient(client_id=client_id, secret=secret)
+        uri = spec.get("backchannel_logout_uri")
+        if uri is not None:
+            parts = urlsplit(uri) if isinstance(uri, str) else None
+            if parts is None or parts.scheme not in ("http", "https") or not parts.netloc:
+                raise ValueError(
+                    f"client {client_id!r}: backchannel_logout_uri must be an http(s) URL, "
+                    f"got {str(uri)[:200]!r}"
+                )
+            if parts.fragment or "#" in uri:
+                # Back-Channel Logout 1.0 section 2.2: no fragment component
+                raise ValueError(
+                    f"client {client_id!r}: backchannel_logout_uri must have no fragment, "
+                    f"got {uri[:200]!r}"
+                )
+        clients[client_id] = OAuthClient(
+            client_id=client_id,
+            secret=secret,
+            backchannel_logout_uri=uri,
+            dpop_bound_access_tokens=dpop_settings.bound_access_tokens(client_id, spec),
+        )
     return clients
 
 

@@ -99,10 +99,12 @@ class TokenService:
         client_id: str | None = None,
         scope: str | None = None,
         auth_time: float | None = None,
+        jkt: str | None = None,
     ) -> IssuedToken:
         """A new access token for the session. ``auth_time`` (OpenID Connect's claim, here
         to the microsecond on Redis's clock) is when the session's credentials were
-        checked: a user revocation denies the tokens of sessions authenticated up to it."""
+        checked: a user revocation denies the tokens of sessions authenticated up to it.
+        ``jkt``: the DPoP key it is bound to (RFC 9449 section 6.1, ``cnf.jkt``)."""
         iat = int(now)
         claims: dict[str, Any] = {
             "iss": self.issuer,
@@ -119,6 +121,8 @@ class TokenService:
             claims["scope"] = scope
         if auth_time:
             claims["auth_time"] = auth_time
+        if jkt:
+            claims["cnf"] = {"jkt": jkt}
         key = self.ring.signing_key(now)
         token = jwt.encode(
             claims, key.private, algorithm=key.alg, headers={"typ": ACCESS_TYP, "kid": key.kid}
@@ -136,9 +140,11 @@ class TokenService:
         now: float,
         client_id: str | None = None,
         rot: int = 1,
+        jkt: str | None = None,
     ) -> IssuedToken:
         """The refresh token ``jti`` of the session (its state lives in Redis), the
-        session's ``rot``-th (its rotation number, checked by rotate.lua).
+        session's ``rot``-th (its rotation number, checked by rotate.lua); ``jkt``: the
+        DPoP key it is bound to (``cnf.jkt``; a refresh needs a proof by that key).
 
         Deterministic: the same claims give the same bytes, so a grace replay hands out
         exactly the successor the first caller got.
@@ -155,6 +161,8 @@ class TokenService:
         }
         if client_id:
             claims["client_id"] = client_id
+        if jkt:
+            claims["cnf"] = {"jkt": jkt}
         token = jwt.encode(
             claims,
             self._refresh_key,
@@ -183,6 +191,19 @@ class TokenService:
         _check_times(claims, now, self.leeway, REFRESH_TYP)
         return claims
 
+    def peek_bound(self, token: str) -> bool:
+        """Whether a token claims a DPoP binding, unverified (for choosing a path only:
+        verify_refresh's claims decide)."""
+        if len(token) > MAX_TOKEN_LENGTH:
+            return False
+        try:
+            payload = token.split(".")[1]
+            raw = base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4))
+            claims = boundedjson.loads(raw.decode("utf-8"), max_depth=3)
+        except (ValueError, IndexError, binascii.Error):
+            return False
+        return isinstance(claims, dict) and bound_key(claims) is not None
+
     def peek_type(self, token: str) -> str | None:
         """The ``typ`` header of a token without verifying it (for choosing a path, never trust)."""
         try:
@@ -191,6 +212,14 @@ class TokenService:
             return None
         typ = header.get("typ")
         return typ if isinstance(typ, str) else None
+
+
+def bound_key(claims: dict[str, Any]) -> str | None:
+    """The DPoP key thumbprint a verified token is bound to (``cnf.jkt``), None when it
+    is a bearer token."""
+    cnf = claims.get("cnf")
+    jkt = cnf.get("jkt") if isinstance(cnf, dict) else None
+    return jkt if isinstance(jkt, str) and jkt else None
 
 
 def rotation_number(claims: dict[str, Any]) -> int | None:

@@ -273,7 +273,9 @@ async def test_metrics_and_health(tokend, example) -> None:
     status, _, body = await example.get("/healthz")
     assert (status, body["status"]) == (200, "ok")
     status, headers, body = await example.get("/protected")
-    assert status == 401 and headers["WWW-Authenticate"] == 'Bearer realm="tokend"'
+    # no credentials: both schemes offered (RFC 6750 and RFC 9449 section 7.1)
+    challenge = 'Bearer realm="tokend", DPoP algs="ES256 EdDSA RS256 PS256"'
+    assert status == 401 and headers["WWW-Authenticate"] == challenge
     await register(tokend, "alice")
     tokens = await login(tokend, "alice")
     await logout(tokend, tokens)
@@ -345,3 +347,55 @@ async def test_key_rotation_under_load(tokend, example) -> None:
     assert new_kids == {old_kid, new_kid}
     assert len(statuses) > 50
     assert set(statuses) == {200}, statuses.count(401)
+
+
+async def test_cors_lets_a_page_of_an_allowed_origin_call_protected(tokend, example) -> None:
+    """CORS_ORIGINS: a page on tokend's origin calls GET /protected with a bearer token
+    (preflight for the Authorization header, then the call); another origin gets no CORS
+    header, so its browser keeps the answer from the page."""
+    page, other = "http://127.0.0.1:9999", "http://localhost:9999"
+    example.env["CORS_ORIGINS"] = f"{page}, https://app.example.com"
+    await example.start()
+    await register(tokend, "alice")
+    tokens = await login(tokend, "alice")
+    preflight = {
+        "Access-Control-Request-Method": "GET",
+        "Access-Control-Request-Headers": "authorization",
+    }
+    async with example.http.options(
+        example.url("/protected"), headers={"Origin": page, **preflight}
+    ) as resp:
+        assert resp.status == 204
+        assert resp.headers["Access-Control-Allow-Origin"] == page
+        assert resp.headers["Access-Control-Allow-Methods"] == "GET"
+        assert resp.headers["Access-Control-Allow-Headers"] == "Authorization, Content-Type, DPoP"
+        assert resp.headers["Vary"] == "Origin"
+    for token, status in ((tokens["access_token"], 200), ("not-a-token", 401)):
+        async with example.http.get(
+            example.url("/protected"), headers={"Origin": page, **bearer(token)}
+        ) as resp:
+            assert resp.status == status
+            assert resp.headers["Access-Control-Allow-Origin"] == page
+            assert resp.headers["Access-Control-Expose-Headers"] == "WWW-Authenticate"
+            assert resp.headers["Vary"] == "Origin"
+            assert "Access-Control-Allow-Credentials" not in resp.headers
+    async with example.http.options(
+        example.url("/protected"), headers={"Origin": other, **preflight}
+    ) as resp:
+        assert resp.status != 204
+        assert "Access-Control-Allow-Origin" not in resp.headers
+    async with example.http.get(
+        example.url("/protected"), headers={"Origin": other, **bearer(tokens["access_token"])}
+    ) as resp:
+        assert resp.status == 200
+        assert "Access-Control-Allow-Origin" not in resp.headers
+        assert "Access-Control-Expose-Headers" not in resp.headers
+
+
+async def test_no_cors_headers_without_cors_origins(tokend, example) -> None:
+    await example.start()
+    headers = {"Origin": "http://127.0.0.1:9999", "Access-Control-Request-Method": "GET"}
+    async with example.http.options(example.url("/protected"), headers=headers) as resp:
+        assert resp.status != 204
+        assert not any(h.startswith("Access-Control-") for h in resp.headers)
+        assert "Vary" not in resp.headers

@@ -153,7 +153,9 @@ def test_the_api_half_of_the_client_loads_neither_redis_nor_prometheus() -> None
         "heavy = sorted(tops & {'redis', 'prometheus_client'})\n"
         "assert not heavy, heavy\n"
         "from tokend_client import RevocationListener\n"
-        "assert 'redis' in sys.modules and 'prometheus_client' in sys.modules\n"
+        "assert 'redis' in sys.modules and 'prometheus_client' not in sys.modules\n"
+        "listener = RevocationListener('redis://127.0.0.1:1')\n"
+        "assert 'prometheus_client' in sys.modules and listener.registry is not None\n"
     )
     result = subprocess.run(
         [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60

@@ -213,7 +213,7 @@ _HAND_BUILT = re.compile(
 )
 _ALLOWED = {
     "service/keyspace.py",
-    "tokend_client/partitions.py",
+    "clients/python/tokend_client/partitions.py",
     "tests/test_keyspace.py",
     # the bare contender's own one-key layout, not tokend's
     "bench/minimal_refresh.py",

@@ -141,10 +141,11 @@ GET /openapi.json - 200 431
 GET /.well-known/jwks.json - 200 431
 GET /.well-known/oauth-authorization-server - 200 431
 POST /auth/register json 201 400 403 409 413 415 429 431 503
-POST /auth/login json 200 400 401 413 415 429 431 503
-POST /auth/refresh json? 200 400 401 413 415 431 503
+POST /auth/login json 200 400 401 403 413 415 429 431 503
+POST /auth/refresh json? 200 400 401 403 413 415 431 503
 GET /auth/me - 200 400 401 431 503
-POST /auth/logout - 204 400 401 431 503
+POST /auth/logout - 204 400 401 403 431 503
+POST /auth/logout-others - 204 400 401 431 503
 POST /auth/logout-all - 204 400 401 431 503
 GET /auth/sessions - 200 400 401 431 503
 DELETE /auth/sessions/{sid} - 204 400 401 404 431 503
@@ -154,12 +155,16 @@ POST /oauth/revoke form 200 400 401 413 415 431 503
 POST /oauth/introspect form 200 400 401 413 415 431 503
 GET /auth/oidc/{provider}/login - 302 400 404 429 431 502 503
 GET /auth/oidc/{provider}/callback - 200 302 400 404 409 431 502 503
-POST /auth/oidc/exchange json 200 400 413 415 431 503
+POST /auth/oidc/exchange json 200 400 403 413 415 431 503
 POST /auth/oidc/{provider}/link json? 200 400 401 404 413 415 429 431 503
 GET /auth/oidc/{provider}/link/start - 302 400 404 431 502 503
 POST /auth/oidc/link/confirm json 200 400 401 409 413 415 431 503
+POST /auth/oidc/{provider}/backchannel-logout form 200 400 404 413 415 431 502 503
 GET /auth/identities - 200 400 401 431 503
 DELETE /auth/identities/{provider} - 204 400 401 404 409 431 503
+GET /static/{name} - 200 404 431
+GET /login - 200 431
+GET /account - 200 431
 """
 MEDIA = {"application/json": "json", "application/x-www-form-urlencoded": "form"}
 
@@ -391,7 +396,15 @@ async def test_schemathesis_finds_nothing(
         world = World(client, browser)
         username = f"st-{uuid.uuid4().hex[:8]}"
         examples = tmp_path / "examples.json"
-        examples.write_text(json.dumps(await prepare(world, username)))
+        cases = await prepare(world, username)
+    # A valid logout token of the provider (for an account without sessions; its jti is
+    # single use). No exp, and iat 25 s ahead (within TOKEND_LEEWAY): it stays valid for
+    # about 355 s (iat + 300 s + leeway), longer than the run takes to reach it.
+    token = provider.logout_token(sub="st-nobody", exp=None, iat=int(time.time()) + 25)
+    cases["POST /auth/oidc/{provider}/backchannel-logout"] = [
+        {"path_parameters": {"provider": "fake"}, **_form({"logout_token": token})}
+    ]
+    examples.write_text(json.dumps(cases))
 
     env = {
         **os.environ,

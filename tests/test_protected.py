@@ -18,6 +18,8 @@ from service.http.appkeys import AUTH, KEYRING
 from tests.support import bearer, register, register_and_login, unverified
 
 REALM = 'Bearer realm="tokend"'
+# RFC 9449 section 7.1: the DPoP challenge goes along with every Bearer one.
+DPOP = 'DPoP algs="ES256 EdDSA RS256 PS256"'
 
 
 def invalid_token_header(description: str) -> str:
@@ -134,7 +136,7 @@ async def test_no_credentials_is_401_without_error_code(make_client: Any) -> Non
     client = await make_client()
     status, body, headers = await me(client)
     assert status == 401
-    assert headers.getall("WWW-Authenticate") == [REALM]
+    assert headers.getall("WWW-Authenticate") == [REALM, DPOP]
     assert "error=" not in headers["WWW-Authenticate"]
     assert body["error"] != "invalid_token" and body["error_description"]
 
@@ -150,7 +152,10 @@ async def test_expired_access_token(make_client: Any, clock: FrozenClock) -> Non
     clock.advance(1)
     status, body, headers = await me(client, bearer(tokens["access_token"]))
     assert status == 401
-    assert headers.getall("WWW-Authenticate") == [invalid_token_header("access token expired")]
+    assert headers.getall("WWW-Authenticate") == [
+        invalid_token_header("access token expired"),
+        DPOP,
+    ]
     assert body == {"error": "invalid_token", "error_description": "access token expired"}
 
 

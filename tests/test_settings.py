@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
+from service import events
 from service.crypto import generate_kek
 from service.errors import ConfigError
 from service.settings import Settings
@@ -184,3 +186,175 @@ def test_hash_workers_leave_a_core_to_the_event_loop() -> None:
     assert Settings.from_env({"TOKEND_HASH_WORKERS": "3"}).hash_workers == 3
     with pytest.raises(ConfigError, match=r"^TOKEND_HASH_WORKERS: "):
         Settings.from_env({"TOKEND_HASH_WORKERS": "0"})
+
+
+WEBHOOK_SECRET = "whsec_MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY="
+
+
+def test_webhooks_are_read_with_their_defaults() -> None:
+    s = Settings.from_env({})
+    assert s.webhooks == ()
+    assert (s.webhook_max_attempts, s.webhook_retention, s.webhook_timeout) == (8, 604_800, 5.0)
+    assert s.stream_retention == s.access_ttl + s.leeway + 300  # no webhooks: unchanged
+    s = Settings.from_env(
+        {
+            "TOKEND_WEBHOOKS": (
+                f'[{{"url": "https://a.example/hook/", "secret": "{WEBHOOK_SECRET}"}},'
+                f' {{"id": "audit", "url": "http://b.example/h", "secret": "{WEBHOOK_SECRET}",'
+                ' "events": ["user.revoked"]}]'
+            ),
+            "TOKEND_WEBHOOK_MAX_ATTEMPTS": "3",
+            "TOKEND_WEBHOOK_RETENTION": "3600",
+            "TOKEND_WEBHOOK_TIMEOUT": "2.5",
+        }
+    )
+    first, audit = s.webhooks
+    assert first.url == "https://a.example/hook/"  # kept exactly
+    assert re.fullmatch(r"[0-9a-f]{12}", first.id)  # derived from the URL, stably
+    assert first.id == Settings.from_env({"TOKEND_WEBHOOKS": s_webhooks_one()}).webhooks[0].id
+    assert first.secret == b"0123456789abcdef0123456789abcdef"
+    assert first.events == frozenset(events.EVENTS) - {"key.rotated"}
+    assert (audit.id, audit.events) == ("audit", frozenset({"user.revoked"}))
+    assert (s.webhook_max_attempts, s.webhook_retention, s.webhook_timeout) == (3, 3600, 2.5)
+    assert s.stream_retention == max(s.access_ttl + s.leeway + 300, 3600)
+    assert "0123456789abcdef" not in repr(s)  # the secret stays out of logs
+
+
+def s_webhooks_one() -> str:
+    return f'[{{"url": "https://a.example/hook/", "secret": "{WEBHOOK_SECRET}"}}]'
+
+
+def test_webhook_retention_raises_the_streams_retention() -> None:
+    import redis.asyncio as aioredis
+
+    from service.fence import RedisFence
+    from service.sessions import SessionStore
+
+    s = Settings.from_env({"TOKEND_WEBHOOKS": s_webhooks_one()})
+    assert s.stream_retention == 604_800
+    client = aioredis.Redis()  # not connected: the stores only register their scripts
+    store = SessionStore.from_settings(client, s)
+    fence = RedisFence.from_settings(client, s, None, lambda: 0.0)
+    assert store.retention == fence.retention == 604_800  # the scripts' ARGV[3]
+    plain = SessionStore.from_settings(client, Settings.from_env({}))
+    assert plain.retention == 900 + 30 + 300
+
+
+BAD_WEBHOOKS = [
+    "{not json",
+    '{"url": "http://x"}',
+    "[1]",
+    '[{"secret": "whsec_MDEyMzQ1Njc4OWFiY2RlZg=="}]',
+    '[{"url": "ftp://x/h", "secret": "whsec_MDEyMzQ1Njc4OWFiY2RlZg=="}]',
+    '[{"url": "http://x/h", "secret": "plain"}]',
+    '[{"url": "http://x/h", "secret": "whsec_!!!"}]',
+    '[{"url": "http://x/h", "secret": "whsec_c2hvcnQ="}]',
+    '[{"url": "http://x/h", "secret": "whsec_MDEyMzQ1Njc4OWFiY2RlZg==", "events": []}]',
+    '[{"url": "http://x/h", "secret": "whsec_MDEyMzQ1Njc4OWFiY2RlZg==", "events": ["nope"]}]',
+    '[{"url": "http://x/h", "secret": "whsec_MDEyMzQ1Njc4OWFiY2RlZg==", "id": "a b"}]',
+    '[{"url": "http://x/h", "secret": "whsec_MDEyMzQ1Njc4OWFiY2RlZg==", "extra": 1}]',
+    '[{"url": "http://x/h", "secret": "whsec_MDEyMzQ1Njc4OWFiY2RlZg=="},'
+    ' {"url": "http://x/h", "secret": "whsec_MDEyMzQ1Njc4OWFiY2RlZg=="}]',
+]
+
+
+@pytest.mark.parametrize("value", BAD_WEBHOOKS)
+def test_a_bad_webhooks_entry_names_the_variable_in_one_line(value: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        Settings.from_env({"TOKEND_WEBHOOKS": value})
+    message = str(info.value)
+    assert message.startswith("TOKEND_WEBHOOKS: "), message
+    assert "\n" not in message
+    assert "MDEyMzQ1" not in message  # never echoes a secret
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [
+        ("TOKEND_WEBHOOK_MAX_ATTEMPTS", "0"),
+        ("TOKEND_WEBHOOK_RETENTION", "-1"),
+        ("TOKEND_WEBHOOK_TIMEOUT", "0"),
+        ("TOKEND_WEBHOOK_BACKOFF", "x"),
+    ],
+)
+def test_bad_webhook_numbers_name_the_variable(name: str, value: str) -> None:
+    with pytest.raises(ConfigError, match=rf"^{name}: "):
+        Settings.from_env({name: value})
+
+
+def test_backchannel_logout_uris_are_read_with_their_default() -> None:
+    s = Settings.from_env(
+        {
+            "TOKEND_OAUTH_CLIENTS": '{"rp": {"backchannel_logout_uri": "https://rp.example/bcl?x=1"},'
+            ' "web": {}}'
+        }
+    )
+    rp, web = s.oauth_clients["rp"], s.oauth_clients["web"]
+    assert rp.backchannel_logout_uri == "https://rp.example/bcl?x=1"
+    assert web.backchannel_logout_uri is None
+    # back-channel delivery keeps the streams as long as webhooks do
+    assert s.stream_retention == s.webhook_retention
+    assert Settings.from_env({}).stream_retention < s.webhook_retention
+
+
+@pytest.mark.parametrize(
+    "spec",
+    [
+        '{"rp": {"backchannel_logout_uri": "ftp://rp.example/b"}}',
+        '{"rp": {"backchannel_logout_uri": "/relative"}}',
+        '{"rp": {"backchannel_logout_uri": "https://rp.example/b#f"}}',
+        '{"rp": {"backchannel_logout_uri": ["https://rp.example/b"]}}',
+    ],
+)
+def test_a_bad_backchannel_logout_setting_names_the_client_in_one_line(spec: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        Settings.from_env({"TOKEND_OAUTH_CLIENTS": spec})
+    message = str(info.value)
+    assert message.startswith("TOKEND_OAUTH_CLIENTS: client 'rp': backchannel_logout_"), message
+    assert "\n" not in message
+
+
+def test_the_dpop_settings_are_read_with_their_defaults() -> None:
+    default = Settings.from_env({"TOKEND_OAUTH_CLIENTS": '{"web": {}}'})
+    assert default.dpop == "optional" and default.dpop_nonce is False
+    assert default.oauth_clients["web"].dpop_bound_access_tokens is False
+    s = Settings.from_env(
+        {
+            "TOKEND_DPOP": "Required",
+            "TOKEND_DPOP_NONCE": "true",
+            "TOKEND_OAUTH_CLIENTS": '{"cli": {"dpop_bound_access_tokens": true}}',
+        }
+    )
+    assert s.dpop == "required" and s.dpop_nonce is True
+    assert s.oauth_clients["cli"].dpop_bound_access_tokens is True
+    assert Settings.from_env({"TOKEND_DPOP": "off"}).dpop == "off"
+
+
+@pytest.mark.parametrize(
+    ("env", "start"),
+    [
+        ({"TOKEND_DPOP": "sometimes"}, "TOKEND_DPOP: expected one of off, optional, required"),
+        ({"TOKEND_DPOP_NONCE": "maybe"}, "TOKEND_DPOP_NONCE: expected true or false"),
+        (
+            {"TOKEND_OAUTH_CLIENTS": '{"cli": {"dpop_bound_access_tokens": "yes"}}'},
+            "TOKEND_OAUTH_CLIENTS: client 'cli': dpop_bound_access_tokens must be true or false",
+        ),
+    ],
+)
+def test_a_bad_dpop_setting_is_one_line(env: dict[str, str], start: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        Settings.from_env(env)
+    assert str(info.value).startswith(start), str(info.value)
+    assert "\n" not in str(info.value)
+
+
+def test_a_webhook_may_not_take_a_backchannel_endpoint_id() -> None:
+    secret = "whsec_MDEyMzQ1Njc4OWFiY2RlZg=="
+    hook = f'[{{"id": "bcl-rp", "url": "https://h.example/", "secret": "{secret}"}}]'
+    with pytest.raises(ConfigError, match=r"^TOKEND_WEBHOOKS: endpoint id 'bcl-rp'"):
+        Settings.from_env(
+            {
+                "TOKEND_OAUTH_CLIENTS": '{"rp": {"backchannel_logout_uri": "https://rp.example/"}}',
+                "TOKEND_WEBHOOKS": hook,
+            }
+        )

@@ -327,6 +327,50 @@ async def test_redis_restart_backs_off_reconnects_and_follows_again(
         await client.aclose()
 
 
+@pytest.mark.standalone_only  # kills and restarts a private server
+async def test_a_redis_that_was_behind_is_trusted_only_once_its_fence_is_applied(
+    make_listener, emit_revocation, private_redis, redis_prefix
+) -> None:
+    client = aioredis.Redis.from_url(private_redis.url, decode_responses=True)
+    try:
+        await mark_like_tokend(client, redis_prefix)
+        listener = await ready(
+            await make_listener(private_redis.url, backoff_initial=0.05, backoff_max=0.2)
+        )
+        private_redis.kill()
+        await asyncio.to_thread(private_redis.start)  # empty
+        await client.aclose()
+        client = aioredis.Redis.from_url(private_redis.url, decode_responses=True)
+        await eventually(lambda: not listener.ready)  # behind: failing closed
+        # what the service answers while each replay runs
+        during: list[bool] = []
+        replay = listener._replay
+
+        async def watched(*args: Any) -> None:
+            during.append(listener.ready)
+            await replay(*args)
+
+        listener._replay = watched
+        # tokend's fence: the layout, then per partition (atomically) epoch and all.revoked
+        fence_at = time.time()
+        keys = Keyspace(redis_prefix)
+        await client.set(keys.layout, len(keys.all))
+        for part in keys.all:
+            await client.set(part.epoch, 2)
+            await emit_revocation(
+                "all.revoked",
+                at=fence_at,
+                client=client,
+                partition=part.index,
+                extra={"epoch": 2, "partition": part.index},
+            )
+        await eventually(lambda: listener.ready)
+        assert during and not any(during), during  # never trusted before the fence applied
+        assert listener.is_revoked({"sid": "s", "sub": "u", "jti": "j", "iat": fence_at - 1})
+    finally:
+        await client.aclose()
+
+
 async def test_channel_messages_are_only_wake_ups(
     make_listener, redis_client, redis_prefix
 ) -> None:
@@ -381,6 +425,21 @@ async def test_close_leaves_no_connection_behind(make_listener, redis_client, re
     names = [c.get("name") for _, c in await client_lists(redis_client)]
     assert name not in names
     assert sample(listener, "tokend_listener_connected") == 0
+
+
+async def test_a_closed_listener_is_not_ready_until_started_and_replayed_again(
+    make_listener, redis_client, redis_prefix
+) -> None:
+    """After close() its deny list no longer follows revocations: not ready (the
+    integrations answer 503 on a listener that is not ready)."""
+    await mark_like_tokend(redis_client, redis_prefix)
+    listener = await ready(await make_listener())
+    await listener.close()
+    assert not listener.ready
+    await listener.start()
+    async with asyncio.timeout(10):
+        await listener.wait_ready()
+    assert listener.ready
 
 
 @pytest.mark.standalone_only  # SIGSTOPs a private server

@@ -76,7 +76,10 @@ async def test_no_credentials_is_401_without_error_code(make_service) -> None:
     service = await make_service(realm="orders")
     resp = await service.get("/protected")
     assert resp.status == 401
-    assert resp.headers["WWW-Authenticate"] == 'Bearer realm="orders"'
+    assert (
+        resp.headers["WWW-Authenticate"]
+        == 'Bearer realm="orders", DPoP algs="ES256 EdDSA RS256 PS256"'
+    )
     assert resp.headers["Cache-Control"] == "no-store"
     assert (await resp.json())["error"] == "unauthorized"
     assert (await service.get("/open")).status == 200  # exempt
@@ -121,7 +124,8 @@ async def test_invalid_tokens_are_401_invalid_token(tokend, make_service) -> Non
         body = await resp.json()
         assert body == {"error": "invalid_token", "error_description": why}
         assert resp.headers["WWW-Authenticate"] == (
-            f'Bearer realm="tokend", error="invalid_token", error_description="{why}"'
+            f'Bearer realm="tokend", error="invalid_token", error_description="{why}", '
+            'DPoP algs="ES256 EdDSA RS256 PS256"'
         )
 
 

@@ -139,8 +139,14 @@ async def rejected(verify: Awaitable[Any], match: str | None = None) -> InvalidT
 def test_public_surface_and_no_server_imports() -> None:
     assert sorted(tokend_client.__all__) == sorted(
         [
+            "Answer",
+            "BackgroundListener",
             "CLAIMS_KEY",
             "FileTokenStore",
+            "Guard",
+            "Subscriber",
+            "SubscriberSettings",
+            "has_scope",
             "InvalidToken",
             "JWKSUnavailable",
             "LoginFailed",
@@ -193,18 +199,26 @@ async def test_verifies_a_real_login_token(make_client, aiohttp_server, alg) -> 
     assert {"sub", "sid", "jti", "iat", "exp"} <= claims.keys()
 
 
-async def test_expiry_and_issue_time_get_the_leeway(tokend, make_verifier) -> None:
+async def test_expiry_gets_no_leeway_by_default_and_issue_time_gets_leeway(
+    tokend, make_verifier
+) -> None:
+    # tokend's clock rule: an expired token is expired, whatever the leeway on iat/nbf
     tokens, claims = await login_claims(tokend)
-    clock = FrozenClock(claims["exp"] + 29)
+    clock = FrozenClock(claims["exp"] - 0.5)
     verifier = make_verifier(clock=clock, leeway=30)
+    assert verifier.exp_leeway == 0
     assert (await verifier.verify(tokens["access_token"]))["sid"] == claims["sid"]
-    clock.now = claims["exp"] + 30
+    clock.now = claims["exp"]
     error = await rejected(verifier.verify(tokens["access_token"]), "expired")
     assert isinstance(error, TokenExpired)
-    # with no leeway the same token is expired as soon as exp is reached
-    strict = make_verifier(clock=FrozenClock(claims["exp"]), leeway=0)
+    # an explicit exp leeway of a few seconds holds, and no more than MAX_EXP_LEEWAY is taken
+    lenient = make_verifier(clock=FrozenClock(claims["exp"] + 4), exp_leeway=5)
+    await lenient.verify(tokens["access_token"])
+    lenient_late = make_verifier(clock=FrozenClock(claims["exp"] + 5), exp_leeway=5)
     with pytest.raises(TokenExpired):
-        await strict.verify(tokens["access_token"])
+        await lenient_late.verify(tokens["access_token"])
+    with pytest.raises(ValueError, match="exp_leeway"):
+        make_verifier(exp_leeway=6)
     # a clock behind the issuer's: iat up to leeway in the future passes, beyond it not
     clock.now = claims["iat"] - 29
     await verifier.verify(tokens["access_token"])
@@ -487,19 +501,19 @@ async def test_a_cached_token_still_expires_at_exp(tokend, make_verifier) -> Non
     verifier = make_verifier(clock=clock, leeway=30)
     await verifier.verify(token)
     assert (verifier.cache_misses, verifier.cache_hits, verifier.cached_tokens) == (1, 0, 1)
-    clock.now = claims["exp"] + 29
+    clock.now = claims["exp"] - 0.5
     assert (await verifier.verify(token))["sid"] == claims["sid"]
     assert verifier.cache_hits == 1  # answered from the cache, time checked all the same
-    clock.now = claims["exp"] + 30
+    clock.now = claims["exp"]
     await rejected(verifier.verify(token), "expired")
     assert verifier.cache_hits == 1 and verifier.cached_tokens == 0  # and dropped
-    # without leeway a cached token is refused from the very second of its exp
-    strict_clock = FrozenClock(claims["exp"] - 1)
-    strict = make_verifier(clock=strict_clock, leeway=0)
+    # with an exp leeway a cached token is refused once the leeway is over
+    strict_clock = FrozenClock(claims["exp"] + 1)
+    strict = make_verifier(clock=strict_clock, exp_leeway=2)
     await strict.verify(token)
     await strict.verify(token)
     assert strict.cache_hits == 1
-    strict_clock.now = claims["exp"]
+    strict_clock.now = claims["exp"] + 2
     with pytest.raises(TokenExpired):
         await strict.verify(token)
 

@@ -18,25 +18,33 @@ from service.db import make_engine
 from service.errors import Unavailable
 from service.kek import resolve_kek
 from service.keys import SqlKeyStore
-from service.redisconn import make_redis, redis_errors
+from service.redisconn import close_redis, make_redis, redis_errors
 from service.sessions import SessionStore
 from service.settings import Settings
 from tokend_client.redis_target import initialized
 
+from .backchannel import LogoutSigner, delivery_targets
 from .base import Worker, WorkerRunner, heartbeat_fresh
 from .expiry import ExpiryWorker
 from .metrics import WorkerMetrics
 from .rotation import KeyRotationWorker
+from .webhooks import WebhookWorker
 
 log = logging.getLogger("tokend.workers")
 
 
 def build_workers(
-    settings: Settings, *, redis: aioredis.Redis, keys: SqlKeyStore, clock: Clock
+    settings: Settings,
+    *,
+    redis: aioredis.Redis,
+    keys: SqlKeyStore,
+    clock: Clock,
+    metrics: WorkerMetrics | None = None,
 ) -> list[Worker]:
-    """The background workers tokend runs."""
+    """The background workers tokend runs (webhook delivery when TOKEND_WEBHOOKS is set
+    or an OAuth client has a backchannel_logout_uri)."""
     sessions = SessionStore.from_settings(redis, settings)
-    return [
+    workers: list[Worker] = [
         ExpiryWorker(sessions=sessions, clock=clock),
         KeyRotationWorker(
             store=keys,
@@ -50,6 +58,12 @@ def build_workers(
             keep_retired=settings.access_ttl + settings.leeway + 3600,
         ),
     ]
+    targets = delivery_targets(settings, LogoutSigner(keys, settings))
+    if targets:
+        workers.append(
+            WebhookWorker(redis=redis, settings=settings, metrics=metrics, targets=targets)
+        )
+    return workers
 
 
 async def run_workers(
@@ -60,16 +74,20 @@ async def run_workers(
     Inside another command (``tokend dev``) that owns the signals, pass
     ``handle_signals=False`` and cancel the task instead: a loop has one handler per signal.
     """
-    redis = make_redis(settings.redis, pool_size=8, pool_timeout=5.0)
+    # webhook deliverers (one task per endpoint and partition) share the pool too
+    pool = 8 + 8 * len(delivery_targets(settings, None))
+    redis = make_redis(settings.redis, pool_size=min(pool, 64), pool_timeout=5.0)
     with contextlib.suppress(RedisError):  # a Redis down at start: the workers retry
         await initialized(redis)
     engine = make_engine(settings.database_url)
     keys = SqlKeyStore(async_sessionmaker(engine), Sealer(resolve_kek(settings)))
+    metrics = WorkerMetrics()
     runner = WorkerRunner(
         redis=redis,
         prefix=settings.redis_prefix,
-        workers=build_workers(settings, redis=redis, keys=keys, clock=clock),
+        workers=build_workers(settings, redis=redis, keys=keys, clock=clock, metrics=metrics),
         clock=clock,
+        metrics=metrics,
     )
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT) if handle_signals else ():
@@ -81,9 +99,12 @@ async def run_workers(
     try:
         await runner.run()
     finally:
+        for worker in runner.workers:
+            if isinstance(worker, WebhookWorker):
+                await worker.close()
         if metrics_site is not None:
             await metrics_site.cleanup()
-        await redis.aclose()
+        await close_redis(redis)
         await engine.dispose()
 
 
@@ -113,4 +134,4 @@ async def check(settings: Settings, max_age: float = 30.0) -> bool:
         log.warning("cannot read the worker heartbeat: %s", exc)
         return False
     finally:
-        await redis.aclose()
+        await close_redis(redis)

@@ -8,6 +8,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from ..auth import Authenticator
 from ..clock import Clock
+from ..dpop import DPoPServer
 from ..fence import RedisFence
 from ..keys import KeyRing, SqlKeyStore
 from ..metrics import Metrics
@@ -24,3 +25,4 @@ AUTH = web.AppKey("auth", Authenticator)
 METRICS = web.AppKey("metrics", Metrics)
 OIDC = web.AppKey("oidc", SocialLogin)
 FENCE = web.AppKey("fence", RedisFence)
+DPOP = web.AppKey("dpop", DPoPServer)

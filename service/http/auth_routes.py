@@ -1,36 +1,41 @@
-"""/auth/*: register, login, refresh, me, logout, sessions, password."""
+"""/auth/*: register, login, refresh, me, logout, sessions, password. Cookie mode and
+its CSRF rule live in ``refresh_cookie``."""
 
 from __future__ import annotations
 
-from aiohttp import web
+from dataclasses import replace
 
-from ..auth import Principal, TokenPair
-from ..errors import BadRequest
+from aiohttp import hdrs, web
+
+from ..auth import Principal
+from ..errors import BadRequest, InvalidToken, Unauthorized
+from . import dpop
+from . import refresh_cookie as cookie
 from .apidoc import auth as spec
 from .appkeys import AUTH, SETTINGS
-from .request import bearer_token, client_info, json_body
+from .errors import AUTH_SCHEME
+from .refresh_cookie import NO_STORE, token_response
+from .request import access_credentials, bearer_token, client_info, json_body
 from .responses import json_response
 
 routes = web.RouteTableDef()
 
-NO_STORE = {"Cache-Control": "no-store", "Pragma": "no-cache"}
-
-
-def token_response(pair: TokenPair) -> web.Response:
-    """The token body, with the tokens also in the seed's response headers."""
-    headers = {
-        **NO_STORE,
-        "Authorization": f"Bearer {pair.access_token}",
-        "X-Refresh-Token": pair.refresh_token,
-    }
-    return json_response(pair.body(), headers=headers)
+__all__ = ["NO_STORE", "authenticated", "routes", "token_response"]
 
 
 async def authenticated(request: web.Request) -> Principal:
-    """The verified caller of a protected resource (RFC 6750 errors otherwise)."""
-    token = bearer_token(request)
-    assert token is not None
-    return await request.app[AUTH].callers.authenticate(token)
+    """The verified caller of a protected resource (RFC 6750 and RFC 9449 errors
+    otherwise): a bearer token, or a DPoP-bound one with its proof."""
+    scheme, token = access_credentials(request)
+    request[AUTH_SCHEME] = scheme  # a token error's code goes on this scheme's challenge
+    jkt = await dpop.resource_key(request, token) if scheme == "DPoP" else None
+    return await request.app[AUTH].callers.authenticate(token, jkt=jkt)
+
+
+def _dpop_mode(request: web.Request) -> tuple[bool, bool]:
+    """(required, honoured) for an /auth/* token request (TOKEND_DPOP)."""
+    mode = request.app[SETTINGS].dpop
+    return mode == "required", mode != "off"
 
 
 @routes.post("/auth/register")
@@ -47,14 +52,18 @@ async def register(request: web.Request) -> web.Response:
 @routes.post("/auth/login")
 @spec.login
 async def login(request: web.Request) -> web.Response:
+    cookie.check_setting_origin(request)
     body = await json_body(request)
     settings = request.app[SETTINGS]
+    required, honoured = _dpop_mode(request)
+    # The proof before the password: a refused proof costs no argon2 run.
+    jkt = await dpop.token_key(request, required=required, honoured=honoured)
     pair = await request.app[AUTH].logins.login(
         body.get("username"),
         body.get("password"),
-        client_info(request, settings),
+        replace(client_info(request, settings), jkt=jkt),
     )
-    return token_response(pair)
+    return token_response(request, pair)
 
 
 @routes.post("/auth/refresh")
@@ -67,12 +76,23 @@ async def refresh(request: web.Request) -> web.Response:
         raise BadRequest("refresh token sent both in the header and in the body")
     token = header_token or body_token
     if token is None:
+        token = cookie.cookie_token(request)
+    else:
+        cookie.check_setting_origin(request)
+    if token is None:
         raise BadRequest("missing refresh token (Authorization: Bearer <refresh token>)")
     if not isinstance(token, str) or not token:
         raise BadRequest("refresh_token must be a string")
     settings = request.app[SETTINGS]
-    pair = await request.app[AUTH].refreshes.refresh(token, client_info(request, settings))
-    return token_response(pair)
+    auth = request.app[AUTH]
+    required, honoured = _dpop_mode(request)
+    # TOKEND_DPOP=off binds nothing new, but a token bound earlier still needs its key
+    # (refreshes.refresh checks the verified claims; this only picks the path).
+    jkt = await dpop.token_key(
+        request, required=required, honoured=honoured or auth.tokens.peek_bound(token)
+    )
+    pair = await auth.refreshes.refresh(token, replace(client_info(request, settings), jkt=jkt))
+    return token_response(request, pair)
 
 
 @routes.get("/auth/me")
@@ -93,8 +113,31 @@ async def me(request: web.Request) -> web.Response:
 @routes.post("/auth/logout")
 @spec.logout
 async def logout(request: web.Request) -> web.Response:
+    auth = request.app[AUTH]
+    response = web.Response(status=204)
+    if cookie.cookie_mode(request):
+        cookie.clear_cookie(response)
+        if hdrs.AUTHORIZATION not in request.headers:
+            token = cookie.cookie_token(request)
+            if token is None:
+                raise Unauthorized()
+            # As RFC 7009 revokes a refresh token: the session ends; a dead token, nothing.
+            try:
+                claims = auth.tokens.verify_refresh(token, auth.clock())
+            except InvalidToken:
+                return response
+            await auth.session_control.revoke_refresh_token(claims, reason="logout")
+            return response
     principal = await authenticated(request)
-    await request.app[AUTH].session_control.logout(principal)
+    await auth.session_control.logout(principal)
+    return response
+
+
+@routes.post("/auth/logout-others")
+@spec.logout_others
+async def logout_others(request: web.Request) -> web.Response:
+    principal = await authenticated(request)
+    await request.app[AUTH].session_control.logout_others(principal)
     return web.Response(status=204)
 
 
@@ -128,6 +171,7 @@ async def list_sessions(request: web.Request) -> web.Response:
                     "ip": s.ip,
                     "client_id": s.client_id or None,
                     "current": s.sid == principal.sid,
+                    "bound": s.bound,
                 }
                 for s in sessions
             ],

@@ -16,6 +16,8 @@ from typing import Any
 from aiohttp import hdrs, web
 from aiohttp.http_exceptions import LineTooLong
 
+from tokend_client.dpop import ALGORITHMS as DPOP_ALGORITHMS
+
 from ..errors import (
     BadRequest,
     ConfigError,
@@ -24,13 +26,16 @@ from ..errors import (
     HeaderTooLarge,
     InvalidClient,
     InvalidCredentials,
+    InvalidDPoPProof,
     InvalidGrant,
+    InvalidResourceProof,
     InvalidScope,
     InvalidToken,
     NotFound,
     PayloadTooLarge,
     ProviderUnavailable,
     RateLimited,
+    ResourceNonceRequired,
     SocialGrantInvalid,
     SocialLoginDenied,
     SocialLoginFailed,
@@ -41,6 +46,7 @@ from ..errors import (
     Unavailable,
     UnsupportedGrantType,
     UnsupportedMediaType,
+    UseDPoPNonce,
     ValidationFailed,
 )
 from .responses import json_response
@@ -62,6 +68,8 @@ ERRORS: dict[type[TokendError], tuple[int, str]] = {
     InvalidScope: (400, "invalid_scope"),
     UnauthorizedClient: (400, "unauthorized_client"),
     ValidationFailed: (400, "invalid_request"),
+    InvalidDPoPProof: (400, "invalid_dpop_proof"),
+    UseDPoPNonce: (400, "use_dpop_nonce"),
     SocialLoginFailed: (400, "invalid_request"),
     SocialLoginRefused: (400, "access_denied"),  # the provider's own code, see oauth_code
     SocialLoginDenied: (400, "access_denied"),
@@ -69,6 +77,8 @@ ERRORS: dict[type[TokendError], tuple[int, str]] = {
     InvalidClient: (401, "invalid_client"),
     Unauthorized: (401, ""),
     InvalidToken: (401, "invalid_token"),
+    InvalidResourceProof: (401, "invalid_dpop_proof"),
+    ResourceNonceRequired: (401, "use_dpop_nonce"),
     InvalidCredentials: (401, "invalid_grant"),
     Forbidden: (403, "forbidden"),
     NotFound: (404, "not_found"),
@@ -89,6 +99,11 @@ _HTTP_CODES = {
 }
 
 REALM = 'Bearer realm="tokend"'
+# RFC 9449 section 7.1: the DPoP challenge names the proof algorithms tokend accepts.
+DPOP_CHALLENGE = f'DPoP algs="{" ".join(DPOP_ALGORITHMS)}"'
+# request key: the Authorization scheme a protected resource was called with ("Bearer",
+# "DPoP"); a token error's code goes on that scheme's challenge.
+AUTH_SCHEME = web.RequestKey("tokend.auth_scheme", str)
 
 
 def entry_of(exc_type: type[TokendError]) -> tuple[type[TokendError], int, str]:
@@ -132,16 +147,28 @@ def _quote(text: str) -> str:
     return text.replace("\\", "\\\\").replace('"', "'")
 
 
-def render(exc: TokendError, *, bearer: bool = True) -> web.Response:
-    """Map a tokend error to its HTTP answer."""
+def _challenges(exc: TokendError, code: str, scheme: str) -> list[str] | None:
+    """The WWW-Authenticate values of a protected resource's 401: Bearer and DPoP (RFC
+    6750 section 3, RFC 9449 section 7.1), the error on the scheme the request used (a
+    DPoP proof's error always on DPoP); None for any other error."""
+    if isinstance(exc, Unauthorized):
+        return [REALM, DPOP_CHALLENGE]
+    if not isinstance(exc, InvalidToken):
+        return None
+    error = f'error="{code}", error_description="{_quote(exc.description)}"'
+    if isinstance(exc, InvalidResourceProof) or scheme.lower() == "dpop":
+        return [REALM, f"{DPOP_CHALLENGE}, {error}"]
+    return [f"{REALM}, {error}", DPOP_CHALLENGE]
+
+
+def render(exc: TokendError, *, bearer: bool = True, scheme: str = "Bearer") -> web.Response:
+    """Map a tokend error to its HTTP answer (``scheme``: the Authorization scheme of a
+    protected resource's request)."""
     status, code = status_of(type(exc)), oauth_code(exc)
     headers: dict[str, str] = {}
-    if isinstance(exc, Unauthorized):
-        headers["WWW-Authenticate"] = REALM
-    elif isinstance(exc, InvalidToken) and bearer:
-        headers["WWW-Authenticate"] = (
-            f'{REALM}, error="invalid_token", error_description="{_quote(exc.description)}"'
-        )
+    challenges = _challenges(exc, code, scheme) if bearer else None
+    if challenges is not None:
+        headers["WWW-Authenticate"] = challenges[0]
     elif isinstance(exc, InvalidClient):
         headers["WWW-Authenticate"] = 'Basic realm="tokend"'
     if status == 401 and "WWW-Authenticate" not in headers:
@@ -150,7 +177,10 @@ def render(exc: TokendError, *, bearer: bool = True) -> web.Response:
         headers["WWW-Authenticate"] = REALM
     if isinstance(exc, RateLimited | Unavailable):
         headers["Retry-After"] = str(exc.retry_after)
-    return json_error(status, code, exc.description, headers)
+    response = json_error(status, code, exc.description, headers)
+    for challenge in (challenges or [])[1:]:
+        response.headers.add("WWW-Authenticate", challenge)
+    return response
 
 
 @web.middleware
@@ -167,7 +197,7 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
                 exc.description,
                 type(exc.__cause__).__name__,
             )
-        return render(exc)
+        return render(exc, scheme=request.get(AUTH_SCHEME, "Bearer"))
     except web.HTTPException as exc:
         if exc.status < 400:
             raise

@@ -3,11 +3,14 @@ endpoints for standard OAuth 2.0 clients. The use cases live in ``service.oauth`
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 from aiohttp import hdrs, web
 
 from ..errors import BadRequest, InvalidClient
 from ..oauth import authenticate_client, require, without_empty
 from ..settings import OAuthClient
+from . import dpop
 from .apidoc import oauth as spec
 from .appkeys import AUTH, SETTINGS
 from .auth_routes import NO_STORE
@@ -38,8 +41,11 @@ async def _client_and_form(request: web.Request) -> tuple[OAuthClient, dict[str,
 @spec.token
 async def token(request: web.Request) -> web.Response:
     client, form = await _client_and_form(request)
+    # RFC 9449 section 5: a proof binds the tokens; a client registered with
+    # dpop_bound_access_tokens must send one.
+    jkt = await dpop.token_key(request, required=client.dpop_bound_access_tokens)
     origin = client_info(request, request.app[SETTINGS], client_id=client.client_id)
-    pair = await request.app[AUTH].oauth.token(client, form, origin)
+    pair = await request.app[AUTH].oauth.token(client, form, replace(origin, jkt=jkt))
     # RFC 6749 section 5.1: the body only; no tokens in headers that proxies might log.
     return json_response(pair.body(), headers=NO_STORE)
 

@@ -14,12 +14,15 @@ from __future__ import annotations
 import re
 import secrets
 from collections.abc import AsyncIterator
+from dataclasses import replace
 from typing import Any
 
 import aiohttp
 from aiohttp import web
 from sqlalchemy.ext.asyncio import async_sessionmaker
 
+from ..backchannel import BackchannelLogout
+from ..browser_settings import issuer_origin
 from ..errors import BadRequest, TokendError
 from ..identities import SqlIdentityStore
 from ..oidc import HTTP_TIMEOUT, ProviderClient
@@ -28,9 +31,11 @@ from ..oidc_rules import check_code_challenge, with_query
 from ..settings import Settings
 from .apidoc import oidc as spec
 from .appkeys import AUTH, CLOCK, ENGINE, OIDC, REDIS, SETTINGS
-from .auth_routes import NO_STORE, authenticated, token_response
+from .auth_routes import NO_STORE, authenticated
+from .dpop import token_key
 from .errors import oauth_code
-from .request import client_info, json_body
+from .refresh_cookie import check_setting_origin, token_response
+from .request import client_info, form_body, json_body
 
 routes = web.RouteTableDef()
 
@@ -52,14 +57,25 @@ def setup_oidc(app: web.Application, settings: Settings) -> None:
             name: ProviderClient(provider, http, clock=app[CLOCK], leeway=settings.leeway)
             for name, provider in settings.oidc_providers.items()
         }
+        backchannel = BackchannelLogout(
+            providers=providers,
+            redis=app[REDIS],
+            prefix=settings.redis_prefix,
+            control=app[AUTH].session_control,
+            clock=app[CLOCK],
+            leeway=settings.leeway,
+            session_ttl=settings.refresh_absolute_ttl,
+        )
         app[OIDC] = SocialLogin(
+            backchannel=backchannel,
             providers=providers,
             redis=app[REDIS],
             prefix=settings.redis_prefix,
             identities=SqlIdentityStore(async_sessionmaker(app[ENGINE], expire_on_commit=False)),
             auth=app[AUTH],
             base_url=settings.issuer,
-            return_to=settings.oidc_return_to,
+            # tokend's own sign-in page may always be returned to (service/http/pages.py)
+            return_to=(*settings.oidc_return_to, issuer_origin(settings.issuer) + "/login"),
             starts_per_ip=settings.oidc_starts_per_ip,
             starts_window=settings.login_failure_window,
         )
@@ -161,6 +177,10 @@ async def callback(request: web.Request) -> web.Response:
         request.match_info["provider"], params.get("state"), request.cookies.get(BROWSER_COOKIE)
     )
     client = client_info(request, request.app[SETTINGS])
+    if request.app[SETTINGS].dpop == "required" and not pending.return_to and not pending.link_user:
+        # This answer is the token pair itself: TOKEND_DPOP=required binds it as at
+        # /auth/oidc/exchange (checked before the session is made; a browser uses return_to).
+        client = replace(client, jkt=await token_key(request, required=True))
     try:
         done = await flow.complete(pending, params, client)
     except TokendError as exc:
@@ -182,17 +202,21 @@ async def callback(request: web.Request) -> web.Response:
     if done.login_code is not None and pending.return_to:
         return _redirect(with_query(pending.return_to, login_code=done.login_code))
     assert done.pair is not None
-    return token_response(done.pair)
+    return token_response(request, done.pair)
 
 
 @routes.post("/auth/oidc/exchange")
 @spec.exchange
 async def exchange(request: web.Request) -> web.Response:
+    check_setting_origin(request)
     body = await json_body(request)
+    mode = request.app[SETTINGS].dpop
+    # The proof before the code: a refused proof does not burn the login code.
+    jkt = await token_key(request, required=mode == "required", honoured=mode != "off")
     pair = await request.app[OIDC].redeem_login_code(
-        body.get("login_code"), body.get("code_verifier")
+        body.get("login_code"), body.get("code_verifier"), jkt=jkt
     )
-    return token_response(pair)
+    return token_response(request, pair)
 
 
 @routes.post("/auth/oidc/link/confirm")
@@ -223,6 +247,20 @@ async def link(request: web.Request) -> web.Response:
     return web.json_response(
         {"authorization_url": flow.link_start_uri(name, ticket)}, headers=NO_STORE
     )
+
+
+@routes.post("/auth/oidc/{provider}/backchannel-logout")
+@spec.backchannel_logout
+async def backchannel_logout(request: web.Request) -> web.Response:
+    """OpenID Connect Back-Channel Logout 1.0: the provider's logout token ends the tokend
+    sessions of that provider session (or, with sub only, of that provider account)."""
+    flow = request.app[OIDC]
+    name = request.match_info["provider"]
+    flow.provider(name)
+    form = await form_body(request)
+    await flow.backchannel.logout(name, form.get("logout_token"))
+    # Section 2.8: 200 on success, and the answer is never cached.
+    return web.Response(status=200, headers=NO_STORE)
 
 
 @routes.get("/auth/identities")

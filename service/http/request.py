@@ -22,11 +22,9 @@ MAX_BODY = 64 * 1024
 _IPAddress: TypeAlias = ipaddress.IPv4Address | ipaddress.IPv6Address
 
 
-def bearer_token(request: web.Request, *, required: bool = True) -> str | None:
-    """The one bearer token of the request; 400 when malformed or ambiguous.
-
-    No credentials at all → Unauthorized (401 without error code) when required.
-    """
+def _authorization(request: web.Request, *, required: bool) -> str | None:
+    """The one Authorization header's value: 400 for two of them or a token in the URL;
+    none at all → Unauthorized (401 without error code) when required, else None."""
     values = request.headers.getall(hdrs.AUTHORIZATION, [])
     if len(values) > 1:
         raise BadRequest("more than one Authorization header")
@@ -36,7 +34,18 @@ def bearer_token(request: web.Request, *, required: bool = True) -> str | None:
         if required:
             raise Unauthorized()
         return None
-    scheme, sep, credentials = values[0].partition(" ")
+    return values[0]
+
+
+def bearer_token(request: web.Request, *, required: bool = True) -> str | None:
+    """The one bearer token of the request; 400 when malformed or ambiguous.
+
+    No credentials at all → Unauthorized (401 without error code) when required.
+    """
+    value = _authorization(request, required=required)
+    if value is None:
+        return None
+    scheme, sep, credentials = value.partition(" ")
     if scheme.lower() != "bearer":
         raise BadRequest("Authorization must use the Bearer scheme")
     if not sep or not credentials:
@@ -44,6 +53,22 @@ def bearer_token(request: web.Request, *, required: bool = True) -> str | None:
     if not _B64TOKEN.fullmatch(credentials):
         raise BadRequest("Authorization must be 'Bearer <one token>'")
     return credentials
+
+
+def access_credentials(request: web.Request) -> tuple[str, str]:
+    """A protected resource's credentials: ("Bearer" | "DPoP", the access token) from the
+    one Authorization header (RFC 6750 section 2.1, RFC 9449 section 7.1); 400 when
+    malformed or ambiguous, 401 without error code when there is none."""
+    value = _authorization(request, required=True)
+    assert value is not None
+    scheme, sep, credentials = value.partition(" ")
+    if scheme.lower() not in ("bearer", "dpop"):
+        raise BadRequest("Authorization must use the Bearer or the DPoP scheme")
+    if not sep or not credentials:
+        raise BadRequest(f"{scheme} scheme without a token")
+    if not _B64TOKEN.fullmatch(credentials):
+        raise BadRequest("Authorization must be '<Bearer or DPoP> <one token>'")
+    return ("DPoP" if scheme.lower() == "dpop" else "Bearer"), credentials
 
 
 def _check_size(request: web.Request) -> None:

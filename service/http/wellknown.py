@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from aiohttp import web
 
+from tokend_client.dpop import ALGORITHMS
+
 from .apidoc import discovery as spec
 from .appkeys import CLOCK, KEYRING, SETTINGS
 from .responses import json_response
@@ -48,5 +50,10 @@ async def metadata(request: web.Request) -> web.Response:
                 "client_secret_post",
             ],
             "token_endpoint_auth_signing_alg_values_supported": [settings.signing_alg],
+            # OpenID Connect Back-Channel Logout 1.0 section 2.1 (workers/backchannel.py)
+            "backchannel_logout_supported": True,
+            "backchannel_logout_session_supported": True,
+            # RFC 9449 section 5.1: the DPoP proof algorithms tokend accepts
+            "dpop_signing_alg_values_supported": list(ALGORITHMS),
         }
     )

@@ -39,14 +39,18 @@ end
 -- Revoke one session: drop its state, deny its access tokens until `untl`, publish.
 -- The keys are the session's hash, its deny key, its user's index and its expiry shard.
 -- `detail` (optional) says more about the reason (refresh_token_reuse: concurrent|replay).
+-- `cid`: the OAuth client the session was issued to (the hash's, read before it goes;
+-- absent for a session without one), for back-channel logout (workers/backchannel.py).
 local function revoke_session(session, deny, index, shard, sid, uid, reason, now, untl, detail)
+  local cid = redis.call('HGET', session, 'cid')
+  if not cid or cid == '' then cid = nil end
   redis.call('DEL', session)
   redis.call('SET', deny, '1', 'EXAT', math.ceil(tonumber(untl)))
   redis.call('ZREM', index, sid)
   redis.call('ZREM', shard, sid .. ':' .. uid)
   return emit({
     type = 'session.revoked', sub = uid, sid = sid, jti = cjson.null, reason = reason,
-    at = tonumber(now), ['until'] = tonumber(untl), detail = detail,
+    at = tonumber(now), ['until'] = tonumber(untl), detail = detail, cid = cid,
   })
 end
 

@@ -4,13 +4,15 @@
 --       sessions as the caller read the index after a 'full' reply): its session hash,
 --       its deny key, its expiry shard
 -- ARGV: (known_epoch known_gen retention) sid uid cid scope now idle_exp abs_exp jti ua ip
---       auth max_sessions deny_until, then the candidates' sids
+--       auth max_sessions deny_until jkt, then the candidates' sids
 -- The refresh token `jti` is issued at `now` (its iat: the whole second) and expires at
 -- idle_exp. `auth` is when the credentials were checked, on Redis's clock (taken before
 -- the user row was read): a revocation of the user at or after it (logout-all, password
--- change, disable, delete) means the credentials may be the ones it ended.
+-- change, disable, delete) means the credentials may be the ones it ended. `jkt` is the
+-- DPoP key thumbprint the login proved ('' for none; kept only when set).
 -- Replies (decoded by service/replies.py `created`):
---   {'ok', gen, epoch, evicted sid...}
+--   {'ok', gen, epoch, fence, evicted sid...}   fence: the partition's last fence time
+--                ('' when none): an access token issued now must carry a later iat
 --   {'full'}     the user holds max_sessions (0: no cap) live sessions and too few of
 --                them are among the candidates: no session is written or ended; the
 --                caller reads the index and calls again with it as the candidates
@@ -31,9 +33,9 @@ if max > 0 and redis.call('ZCARD', INDEX) >= max then
   -- drop index entries past their absolute deadline and candidates whose hash is gone
   redis.call('ZREMRANGEBYSCORE', INDEX, '-inf', now)
   local live = {}
-  for i = 17, #ARGV do
+  for i = 18, #ARGV do
     if redis.call('ZSCORE', INDEX, ARGV[i]) then
-      local last = redis.call('HGET', KEYS[8 + (i - 17) * 3 + 1], 'last')
+      local last = redis.call('HGET', KEYS[8 + (i - 18) * 3 + 1], 'last')
       if last then
         live[#live + 1] = {i, tonumber(last)}
       else
@@ -47,7 +49,7 @@ if max > 0 and redis.call('ZCARD', INDEX) >= max then
     table.sort(live, function(a, b) return a[2] < b[2] end)
     for j = 1, need do
       local i = live[j][1]
-      local base = 8 + (i - 17) * 3
+      local base = 8 + (i - 18) * 3
       local vsession, vdeny, vshard = KEYS[base + 1], KEYS[base + 2], KEYS[base + 3]
       revoke_session(vsession, vdeny, INDEX, vshard, ARGV[i], uid, 'session_limit', now,
         ARGV[16])
@@ -59,6 +61,7 @@ redis.call('HSET', SESSION,
   'uid', uid, 'cid', ARGV[6], 'scope', ARGV[7], 'created', now, 'last', now,
   'idle', ARGV[9], 'abs', ARGV[10], 'cur', ARGV[11], 'ua', ARGV[12], 'ip', ARGV[13],
   'ep', math.max(ep, 1), 'auth', ARGV[14], 'n', 1)
+if ARGV[17] ~= '' then redis.call('HSET', SESSION, 'jkt', ARGV[17]) end
 expire_at(SESSION, ARGV[9])
 redis.call('ZADD', INDEX, ARGV[10], sid)
 local top = redis.call('ZRANGE', INDEX, 0, 0, 'REV', 'WITHSCORES')
@@ -67,4 +70,5 @@ redis.call('ZADD', SHARD, ARGV[9], sid .. ':' .. uid)
 if #reply > 1 then gen, ep = bump() end
 table.insert(reply, 2, gen)
 table.insert(reply, 3, ep)
+table.insert(reply, 4, redis.call('GET', FENCE_KEY) or '')
 return reply

@@ -7,9 +7,12 @@
 -- rot and iat: the presented token's rotation number ('' for a token without one) and
 -- issue time.
 -- Replies (decoded by service/replies.py `rotation`):
---   {'rotated' | 'grace' | 'ahead', uid, jti, iat, exp, cid, scope, gen, epoch, auth, n}
+--   {'rotated' | 'grace' | 'ahead', uid, jti, iat, exp, cid, scope, gen, epoch, auth, n,
+--    fence}
 --        n: the rotation number of the refresh token to hand out (jti); ahead: rotated
---        from a token newer than the recorded state (common.lua `judge`)
+--        from a token newer than the recorded state (common.lua `judge`); fence: the
+--        partition's last fence time ('' when none): the access token issued now must
+--        carry a later iat
 --   {'reuse', uid, gen, epoch, kind, ip, ua}   kind: concurrent (the presented token was
 --        superseded less than the grace ago: most likely the client's own race) or
 --        replay; ip and ua of the session's last use
@@ -64,11 +67,12 @@ if verdict == 'current' or verdict == 'ahead' then
   gen = redis.call('INCR', GEN_KEY)
   local status = 'rotated'
   if verdict == 'ahead' then status = 'ahead' end
-  return {status, uid, ARGV[7], iat, exp, f[7], f[8], gen, ep, auth, n}
+  return {status, uid, ARGV[7], iat, exp, f[7], f[8], gen, ep, auth, n,
+    redis.call('GET', FENCE_KEY) or ''}
 end
 if verdict == 'grace' then
   return {'grace', uid, f[2], math.floor(tonumber(f[4])), tonumber(f[6]), f[7], f[8], gen, ep,
-    auth, tonumber(f[15] or '1')}
+    auth, tonumber(f[15] or '1'), redis.call('GET', FENCE_KEY) or ''}
 end
 -- The previous token past the grace is a replay; an older one was superseded by `plast`.
 local kind = 'replay'

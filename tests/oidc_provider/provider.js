@@ -10,6 +10,8 @@
 //   OIDC_ID_TOKEN_ALG   RS256 | ES256 | EdDSA (default RS256): the ID token signing algorithm
 //   OIDC_AUTH_METHOD    client_secret_basic | client_secret_post (default client_secret_basic):
 //                       the only token endpoint auth method the provider announces
+//   OIDC_BACKCHANNEL_LOGOUT_URI  tokend's back-channel logout endpoint (default: the first
+//                       redirect URI with /callback replaced by /backchannel-logout); "" for none
 //
 // Every login id is an account: its subject is the id, its email <id>@example.com.
 // Prints "oidc-provider ready <issuer>" on stdout once it listens.
@@ -46,6 +48,11 @@ const signingKey = {
 };
 
 const authMethod = process.env.OIDC_AUTH_METHOD || 'client_secret_basic';
+// Back-Channel Logout 1.0: ending the session at /session/end (features.rpInitiatedLogout,
+// on by default) POSTs a logout token (typ logout+jwt, sid and sub) to this URI before the
+// end-session answer; with backchannel_logout_session_required the ID tokens carry sid.
+const backchannelUri = process.env.OIDC_BACKCHANNEL_LOGOUT_URI
+  ?? redirectUris[0].replace(/\/callback$/, '/backchannel-logout');
 const issuer = `http://127.0.0.1:${port}`;
 const provider = new Provider(issuer, {
   clients: [
@@ -57,6 +64,9 @@ const provider = new Provider(issuer, {
       response_types: ['code'],
       token_endpoint_auth_method: authMethod,
       id_token_signed_response_alg: alg,
+      ...(backchannelUri
+        ? { backchannel_logout_uri: backchannelUri, backchannel_logout_session_required: true }
+        : {}),
     },
   ],
   clientDefaults: { id_token_signed_response_alg: alg },
@@ -65,7 +75,7 @@ const provider = new Provider(issuer, {
   jwks: { keys: [signingKey] },
   cookies: { keys: [randomBytes(32).toString('hex')] },
   pkce: { required: () => true, methods: ['S256'] },
-  features: { devInteractions: { enabled: true } },
+  features: { devInteractions: { enabled: true }, backchannelLogout: { enabled: true } },
   claims: {
     openid: ['sub'],
     email: ['email', 'email_verified'],

@@ -22,7 +22,7 @@ from service.oidc import MAX_RESPONSE, ProviderClient
 from service.settings import OIDCProvider
 from tests.support import register_and_login, unverified
 from tokend_client import JWKSUnavailable, TokenVerifier
-from tokend_client._verifier import MAX_JWKS_BYTES
+from tokend_client._jwks import MAX_JWKS_BYTES
 
 pytestmark = pytest.mark.security
 

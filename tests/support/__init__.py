@@ -6,6 +6,7 @@
     servers.py    real servers of a test's own: redis-server, PostgreSQL, a cuttable TCP link
     sentry.py     what the process connected to, opened or started while watched
     oidc.py       an OpenID provider of the test's own, and the world a social login runs in
+    poll.py       until(): wait for a condition with a deadline
 
 Everything is re-exported here: ``from tests.support import register, PrivateRedis``.
 """

@@ -16,6 +16,30 @@ from service.http.errors import TokendRunner
 PASSWORD = "correct horse battery"
 
 
+class LoopbackApp:
+    """An aiohttp app on 127.0.0.1:``self.port`` that a test starts and stops (a webhook
+    receiver, a relying party); subclasses set ``port`` and ``_runner = None`` and add
+    their routes in ``routes``."""
+
+    port: int
+    _runner: web.AppRunner | None
+
+    def routes(self, app: web.Application) -> None:
+        raise NotImplementedError
+
+    async def start(self) -> None:
+        app = web.Application()
+        self.routes(app)
+        self._runner = web.AppRunner(app, access_log=None, shutdown_timeout=0.1)
+        await self._runner.setup()
+        await web.TCPSite(self._runner, "127.0.0.1", self.port, reuse_address=True).start()
+
+    async def stop(self) -> None:
+        if self._runner is not None:
+            await self._runner.cleanup()
+            self._runner = None
+
+
 class TokendTestServer(TestServer):
     """aiohttp's TestServer, but with the runner tokend uses in production."""
 

@@ -4,7 +4,9 @@ approves every login at once, and a token endpoint whose answer a test may set.
 The unit tests of the relying party (tests/test_oidc_idtoken.py) sign ID tokens with
 ``add_key``/``sign``/``claims`` and set ``token_answer``; the schemathesis run
 (tests/test_openapi.py) uses ``FakeProvider.approving``: every login is approved for a new
-subject and the code is exchanged for a fresh ID token.
+subject and the code is exchanged for a fresh ID token. ``login_claims`` go into the ID
+tokens of the next logins (a fixed ``sub``, a ``sid``); ``logout_token`` signs an OpenID
+Connect Back-Channel Logout token (tests/test_backchannel_rp.py).
 """
 
 from __future__ import annotations
@@ -64,8 +66,9 @@ class FakeProvider:
         self.token_answer: tuple[int, Any] | None = None
         self.token_requests: list[tuple[dict[str, str], dict[str, str]]] = []
         self.token_delay = 0.0
-        self.codes: dict[str, dict[str, str]] = {}
+        self.codes: dict[str, dict[str, Any]] = {}
         self.issuer = ""
+        self.login_claims: dict[str, Any] = {}
         app = web.Application()
         app.router.add_get("/.well-known/openid-configuration", self._discovery)
         app.router.add_get("/jwks", self._jwks)
@@ -111,6 +114,37 @@ class FakeProvider:
         claims.update(overrides)
         return {k: v for k, v in claims.items() if v is not None}
 
+    def logout_claims(self, **overrides: Any) -> dict[str, Any]:
+        """Back-Channel Logout token claims (section 2.4) for this provider and client; an
+        override of None drops one."""
+        now = int(time.time() if self.now is None else self.now)
+        claims = {
+            "iss": self.issuer,
+            "aud": self.client_id,
+            "iat": now,
+            "exp": now + 120,
+            "jti": uuid.uuid4().hex,
+            "events": {"http://schemas.openid.net/event/backchannel-logout": {}},
+        }
+        claims.update(overrides)
+        return {k: v for k, v in claims.items() if v is not None}
+
+    def logout_token(
+        self,
+        *,
+        kid: str | None = None,
+        alg: str | None = None,
+        typ: str | None = "logout+jwt",
+        **claims: Any,
+    ) -> str:
+        """A logout token signed with key ``kid`` (default: the first), ``typ`` header."""
+        key, key_alg = self.keys[kid or next(iter(self.keys))]
+        # PyJWT writes typ "JWT" unless told otherwise; None leaves typ out.
+        headers: dict[str, Any] = {"kid": kid or next(iter(self.keys)), "typ": typ}
+        return jwt.encode(
+            self.logout_claims(**claims), key, algorithm=alg or key_alg, headers=headers
+        )
+
     async def _discovery(self, request: web.Request) -> web.Response:
         self.hits["discovery"] += 1
         if self.discovery_status != 200:
@@ -132,7 +166,11 @@ class FakeProvider:
         """Every login is approved, each for a new account (a new subject)."""
         self.hits["authorize"] += 1
         code = secrets.token_urlsafe(16)
-        self.codes[code] = {"nonce": request.query["nonce"], "sub": uuid.uuid4().hex}
+        self.codes[code] = {
+            "nonce": request.query["nonce"],
+            "sub": uuid.uuid4().hex,
+            **self.login_claims,
+        }
         query = urlencode({"code": code, "state": request.query["state"], "iss": self.issuer})
         raise web.HTTPFound(f"{request.query['redirect_uri']}?{query}")
 
@@ -150,9 +188,7 @@ class FakeProvider:
         grant = self.codes.pop(str(form.get("code")), None)
         if grant is None:
             return web.json_response({"error": "invalid_grant"}, status=400)
-        claims = self.claims(
-            sub=grant["sub"], nonce=grant["nonce"], email=f"{grant['sub'][:8]}@example.org"
-        )
+        claims = self.claims(email=f"{grant['sub'][:8]}@example.org", **grant)
         claims["iat"] = now = int(time.time())
         claims["exp"] = now + 300
         return web.json_response(

@@ -9,6 +9,7 @@ import glob
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import time
 from pathlib import Path
@@ -102,14 +103,22 @@ class ConnectionCounter:
 
 class TcpProxy:
     """Forwards a local port to ``upstream``; ``cut()`` drops every connection and refuses
-    new ones (a network partition), ``restore()`` listens again on the same port."""
+    new ones (a network partition), ``restore()`` listens again on the same port.
 
-    def __init__(self, upstream_port: int) -> None:
+    ``stall()`` stops reading what upstream sends on the open connections (a client too
+    slow to read: upstream's socket buffer fills, then its own output buffer), ``flow()``
+    reads again. ``recv_buffer`` caps the kernel's receive buffer on the upstream side, so
+    a stall backs up into upstream after a few KiB rather than a few MiB.
+    """
+
+    def __init__(self, upstream_port: int, recv_buffer: int | None = None) -> None:
         self.upstream_port = upstream_port
+        self.recv_buffer = recv_buffer
         self.port = free_port()
         self.accepted = 0
         self._server: asyncio.Server | None = None
         self._writers: set[asyncio.StreamWriter] = set()
+        self._upstreams: set[asyncio.StreamWriter] = set()
         self._tasks: set[asyncio.Task[None]] = set()
 
     async def start(self) -> None:
@@ -117,12 +126,19 @@ class TcpProxy:
 
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self.accepted += 1
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        if self.recv_buffer is not None:  # before connect: the window is agreed then
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, self.recv_buffer)
+        sock.setblocking(False)
         try:
-            up_reader, up_writer = await asyncio.open_connection("127.0.0.1", self.upstream_port)
+            await asyncio.get_running_loop().sock_connect(sock, ("127.0.0.1", self.upstream_port))
+            up_reader, up_writer = await asyncio.open_connection(sock=sock)
         except OSError:
+            sock.close()
             writer.close()
             return
         self._writers.update((writer, up_writer))
+        self._upstreams.add(up_writer)
 
         async def pipe(src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
             try:
@@ -149,12 +165,31 @@ class TcpProxy:
         for writer in list(self._writers):
             writer.transport.abort()
         self._writers.clear()
+        self._upstreams.clear()
         for task in list(self._tasks):
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
 
     async def restore(self) -> None:
         await self.start()
+
+    def upstream_addresses(self) -> set[str]:
+        """``host:port`` of each open connection to upstream, as upstream sees it."""
+        return {
+            "{}:{}".format(*up.get_extra_info("sockname")[:2])
+            for up in self._upstreams
+            if not up.transport.is_closing()
+        }
+
+    def stall(self) -> None:
+        for up in self._upstreams:
+            if not up.transport.is_closing():
+                up.transport.pause_reading()
+
+    def flow(self) -> None:
+        for up in self._upstreams:
+            if not up.transport.is_closing():
+                up.transport.resume_reading()
 
     async def close(self) -> None:
         await self.cut()

@@ -15,7 +15,11 @@ class RedisSentinel(Topology):
     ``sentinel_nodes`` the three ``redis-server sentinel.conf --sentinel``.
 
     ``down_after_ms`` is down-after-milliseconds, ``failover_timeout_ms`` failover-timeout
-    (also what a failed leader election waits, twice, before the next try). The
+    (also what a failed leader election waits, twice, before the next try).
+    down-after is 2 s, not 1: a sentinel that switches to a new master starts that
+    master's ping clock when it creates the link, and pings once a second at most, so
+    at 1 s one slow connect or reply (the new master forking to sync the old one back)
+    read as "down" and started a second, spurious failover back to the old primary. The
     constructor returns when the replica has caught up and every sentinel knows the
     primary, the replica and the two other sentinels.
     """
@@ -23,7 +27,7 @@ class RedisSentinel(Topology):
     def __init__(
         self,
         master_name: str = "tokend",
-        down_after_ms: int = 1000,
+        down_after_ms: int = 2000,
         failover_timeout_ms: int = 2000,
         extra: Sequence[str] = (),
         timeout: float = 60,

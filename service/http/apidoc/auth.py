@@ -6,6 +6,7 @@ from ...passwords import MAX_PASSWORD, MIN_PASSWORD
 from .core import (
     BEARER,
     BODY,
+    DPOP_PROOF,
     EXAMPLE_PASSWORD,
     EXAMPLE_REFRESH,
     EXAMPLE_SID,
@@ -22,6 +23,16 @@ from .core import (
     responses,
 )
 
+_COOKIE_MODE = (
+    " In cookie mode (`TOKEND_REFRESH_COOKIE=true`, docs/browser.md) the refresh token is "
+    "set in the cookie `__Host-tokend-refresh` (HttpOnly; Secure; SameSite=Strict; Path=/; "
+    "Max-Age its remaining lifetime) and is in neither the body nor `X-Refresh-Token`; a "
+    "request with an `Origin` that is not allowed is 403 `forbidden`."
+)
+_CSRF = (
+    " A request authenticated by that cookie is honoured only with an allowed `Origin` and "
+    "a non-empty `X-Tokend-CSRF` header (403 `forbidden` otherwise)."
+)
 _TOKEN = ref("responses", "Token")
 _NO_CONTENT = ref("responses", "NoContent")
 _CREDENTIALS = json_request(
@@ -46,6 +57,12 @@ register = doc(
     ),
 )
 
+_DPOP = (
+    " With a valid DPoP proof (the `DPoP` header) the tokens are bound to its key "
+    "(`token_type: DPoP`); `TOKEND_DPOP=required` refuses a request without one (400 "
+    "`invalid_dpop_proof`), `TOKEND_DPOP=off` ignores the header."
+)
+
 login = doc(
     tag="auth",
     operation_id="login",
@@ -55,10 +72,12 @@ login = doc(
     "their password or logged out everywhere; failed logins per username and per client IP, "
     "and successful logins per user, are limited (429). Past `TOKEND_MAX_SESSIONS_PER_USER` "
     "the user's least recently used session ends (`session.revoked`, reason "
-    "`session_limit`).",
+    "`session_limit`)." + _COOKIE_MODE + _DPOP,
+    parameters=[DPOP_PROOF],
     request=_CREDENTIALS,
     responses=responses(
         *BODY,
+        "403",
         "429",
         *STORE,
         s200=_TOKEN,
@@ -72,8 +91,12 @@ refresh = doc(
     summary="Rotate a refresh token: a new access token and refresh token",
     description="The refresh token goes in `Authorization: Bearer` or in the JSON body, never "
     "both (400). Within the reuse grace the previous token gets the same successor; any "
-    "older token revokes the whole session.",
-    security=[{"refreshToken": []}, {}],
+    "older token revokes the whole session." + _COOKIE_MODE + " With neither, the "
+    "refresh token is read from the cookie." + _CSRF + _DPOP + " A DPoP-bound refresh "
+    "token needs a proof by its key (400 `invalid_dpop_proof` otherwise, and nothing is "
+    "rotated).",
+    security=[{"refreshToken": []}, {"refreshCookie": []}, {}],
+    parameters=[DPOP_PROOF],
     request=json_request(
         {
             "type": "object",
@@ -83,7 +106,7 @@ refresh = doc(
         {"refresh_token": EXAMPLE_REFRESH},
         required=False,
     ),
-    responses=responses(*BODY, *PROTECTED, s200=_TOKEN),
+    responses=responses(*BODY, *PROTECTED, "403", s200=_TOKEN),
 )
 
 me = doc(
@@ -101,6 +124,20 @@ logout = doc(
     tag="auth",
     operation_id="logout",
     summary="Revoke the caller's session",
+    description="In cookie mode (`TOKEND_REFRESH_COOKIE=true`) the answer also clears the "
+    "`__Host-tokend-refresh` cookie (`Max-Age=0`), and without `Authorization` the cookie's "
+    "refresh token names the session to end (as RFC 7009 revokes a refresh token; a dead "
+    "one ends nothing, still 204)." + _CSRF,
+    security=[*BEARER, {"refreshCookie": []}],
+    responses=responses(*PROTECTED, "403", s204=_NO_CONTENT),
+)
+
+logout_others = doc(
+    tag="auth",
+    operation_id="logoutOthers",
+    summary="Revoke every session of the caller except this one",
+    description="One `session.revoked` event per ended session, reason `logout_others`; the "
+    "caller's own session and its tokens stay valid.",
     security=BEARER,
     responses=responses(*PROTECTED, s204=_NO_CONTENT),
 )

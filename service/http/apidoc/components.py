@@ -7,6 +7,7 @@ from typing import Any
 from ...passwords import MAX_PASSWORD, MIN_PASSWORD
 from ...settings import Settings
 from ...users import USERNAME_MAX, USERNAME_MIN, USERNAME_PATTERN
+from ..refresh_cookie import REFRESH_COOKIE
 from ..request import MAX_BODY
 from .core import (
     EXAMPLE_ACCESS,
@@ -24,6 +25,11 @@ from .core import (
 USERNAME_SCHEMA_PATTERN = "^" + USERNAME_PATTERN.replace("a-z", "A-Za-z") + "$"
 
 
+def token_body_schema(settings: Settings) -> str:
+    """The schema of /auth/login's, /auth/refresh's and the code exchange's body."""
+    return "CookieTokenBody" if settings.refresh_cookie else "TokenBody"
+
+
 def components(settings: Settings) -> dict[str, Any]:
     """The ``components`` object for an instance with these settings."""
     retry_after = header({"type": "integer", "minimum": 1}, "Seconds to wait before trying again")
@@ -31,13 +37,26 @@ def components(settings: Settings) -> dict[str, Any]:
     token_headers = {
         "Cache-Control": no_store,
         "Authorization": header(
-            {"type": "string", "pattern": "^Bearer [A-Za-z0-9._~+/-]+=*$"},
-            "The new access token, as the seed's flow carries it: `Bearer <access token>`",
+            {"type": "string", "pattern": "^(Bearer|DPoP) [A-Za-z0-9._~+/-]+=*$"},
+            "The new access token, as the seed's flow carries it: `Bearer <access token>` "
+            "(`DPoP <access token>` when it is DPoP-bound)",
+        ),
+        "DPoP-Nonce": header(
+            {"type": "string"},
+            "With TOKEND_DPOP_NONCE: the nonce for the client's next DPoP proof",
+            required=False,
         ),
         "X-Refresh-Token": header(
             {"type": "string", "pattern": TOKEN_PATTERN}, "The new (rotated) refresh token"
         ),
     }
+    if settings.refresh_cookie:
+        del token_headers["X-Refresh-Token"]
+        token_headers["Set-Cookie"] = header(
+            {"type": "string", "pattern": f"^{REFRESH_COOKIE}="},
+            f"The new (rotated) refresh token: `{REFRESH_COOKIE}=<token>; HttpOnly; Secure; "
+            "SameSite=Strict; Path=/; Max-Age=<its remaining lifetime>`",
+        )
     schemas: dict[str, Schema] = {
         "Error": {
             "type": "object",
@@ -50,7 +69,8 @@ def components(settings: Settings) -> dict[str, Any]:
                     "description": "An OAuth 2.0 / RFC 6750 error code, e.g. invalid_request, "
                     "invalid_grant, invalid_token, invalid_client, unsupported_grant_type, "
                     "invalid_scope, unauthorized_client, not_found, conflict, slow_down, "
-                    "temporarily_unavailable, or `unauthorized` when no credentials were sent",
+                    "temporarily_unavailable, invalid_dpop_proof and use_dpop_nonce (RFC 9449), "
+                    "or `unauthorized` when no credentials were sent",
                 },
                 "error_description": {"type": "string"},
             },
@@ -108,7 +128,12 @@ def components(settings: Settings) -> dict[str, Any]:
                     "description": "JWT per RFC 9068 (`typ: at+jwt`), signed with "
                     f"{settings.signing_alg}; verify it with the JWKS",
                 },
-                "token_type": {"type": "string", "enum": ["Bearer"]},
+                "token_type": {
+                    "type": "string",
+                    "enum": ["Bearer", "DPoP"],
+                    "description": "`DPoP` when the request carried a valid DPoP proof: the "
+                    "access token (and a public client's refresh token) is bound to its key",
+                },
                 "expires_in": {"type": "integer", "minimum": 0},
                 "refresh_token": {
                     "type": "string",
@@ -118,6 +143,14 @@ def components(settings: Settings) -> dict[str, Any]:
                 "refresh_expires_in": {"type": "integer", "minimum": 0},
                 "scope": {"type": "string"},
             },
+        },
+        "CookieTokenBody": {
+            "type": "object",
+            "description": "The token body in cookie mode (`TOKEND_REFRESH_COOKIE=true`): "
+            f"the refresh token is in the `{REFRESH_COOKIE}` cookie, not here.",
+            "required": ["access_token", "token_type", "expires_in", "refresh_expires_in"],
+            "additionalProperties": False,
+            "properties": {},
         },
         "Me": {
             "type": "object",
@@ -141,6 +174,7 @@ def components(settings: Settings) -> dict[str, Any]:
                 "ip",
                 "client_id",
                 "current",
+                "bound",
             ],
             "additionalProperties": False,
             "properties": {
@@ -158,6 +192,11 @@ def components(settings: Settings) -> dict[str, Any]:
                     "type": "boolean",
                     "description": "the session of the token making this request",
                 },
+                "bound": {
+                    "type": "boolean",
+                    "description": "the session's login proved a DPoP key: its tokens are "
+                    "bound to it (RFC 9449)",
+                },
             },
         },
         "Introspection": {
@@ -167,7 +206,7 @@ def components(settings: Settings) -> dict[str, Any]:
             "additionalProperties": False,
             "properties": {
                 "active": {"type": "boolean"},
-                "token_type": {"type": "string", "enum": ["Bearer", "refresh_token"]},
+                "token_type": {"type": "string", "enum": ["Bearer", "DPoP", "refresh_token"]},
                 "username": {"type": "string"},
                 "scope": {"type": "string"},
                 "client_id": {"type": "string"},
@@ -183,6 +222,13 @@ def components(settings: Settings) -> dict[str, Any]:
                 "iat": {"type": "integer"},
                 "jti": {"type": "string"},
                 "sid": {"type": "string"},
+                "cnf": {
+                    "type": "object",
+                    "description": "RFC 9449 section 6.2: the DPoP key a bound token is "
+                    "bound to (its RFC 7638 thumbprint)",
+                    "required": ["jkt"],
+                    "properties": {"jkt": {"type": "string"}},
+                },
             },
         },
         "JWK": {
@@ -235,13 +281,23 @@ def components(settings: Settings) -> dict[str, Any]:
         "400": error_response("Malformed request: `invalid_request` and the rule it breaks"),
         "401": error_response(
             "No credentials (`unauthorized`), or an expired, revoked, malformed or "
-            "wrong-type token (`invalid_token`), per RFC 6750 section 3",
+            "wrong-type token (`invalid_token`), per RFC 6750 section 3; a DPoP-bound token "
+            "sent as Bearer, an unbound one with the DPoP scheme or a proof by another key "
+            "(`invalid_token`), a refused DPoP proof (`invalid_dpop_proof`) or one without "
+            "the current nonce (`use_dpop_nonce`, with `DPoP-Nonce`), per RFC 9449 section 7",
             headers={
                 "WWW-Authenticate": header(
                     {"type": "string", "pattern": '^Bearer realm="tokend"'},
-                    '`Bearer realm="tokend"`, with `error` and `error_description` when a '
-                    "token was sent",
-                )
+                    'Two challenges: `Bearer realm="tokend"` and `DPoP algs="ES256 EdDSA '
+                    'RS256 PS256"`, the one of the scheme used with `error` and '
+                    "`error_description` when a token was sent",
+                ),
+                "DPoP-Nonce": header(
+                    {"type": "string"},
+                    "With TOKEND_DPOP_NONCE, on an answer to a DPoP request: the nonce for "
+                    "the next proof",
+                    required=False,
+                ),
             },
         ),
         "403": error_response("Not allowed here (`forbidden`)"),
@@ -265,20 +321,25 @@ def components(settings: Settings) -> dict[str, Any]:
             headers={"Retry-After": retry_after},
         ),
         "Token": {
-            "description": "The token pair; the tokens also travel in the response headers",
+            "description": "The token pair; the tokens also travel in the response headers"
+            + (" (the refresh token only in the cookie)" if settings.refresh_cookie else ""),
             "headers": token_headers,
             "content": json_content(
-                ref("schemas", "TokenBody"),
+                ref("schemas", token_body_schema(settings)),
                 {
                     "access_token": EXAMPLE_ACCESS,
                     "token_type": "Bearer",
                     "expires_in": settings.access_ttl,
-                    "refresh_token": EXAMPLE_REFRESH,
+                    **({} if settings.refresh_cookie else {"refresh_token": EXAMPLE_REFRESH}),
                     "refresh_expires_in": settings.refresh_idle_ttl,
                 },
             ),
         },
         "NoContent": {"description": "Done"},
+    }
+    cookie_body = schemas["CookieTokenBody"]
+    cookie_body["properties"] = {
+        k: v for k, v in schemas["TokenBody"]["properties"].items() if k != "refresh_token"
     }
     return {
         "schemas": schemas,
@@ -290,7 +351,8 @@ def components(settings: Settings) -> dict[str, Any]:
                 "bearerFormat": "JWT",
                 "description": "An access token from /auth/login, /auth/refresh or "
                 "/oauth/token in `Authorization: Bearer <token>` (RFC 6750 section 2.1; "
-                "never in the URL). A malformed header is 400 `invalid_request`.",
+                "never in the URL). A malformed header is 400 `invalid_request`. Every "
+                "operation that takes it takes a DPoP-bound token the `dpopAuth` way instead.",
             },
             "refreshToken": {
                 "type": "http",
@@ -298,6 +360,23 @@ def components(settings: Settings) -> dict[str, Any]:
                 "bearerFormat": "JWT",
                 "description": "A refresh token in `Authorization: Bearer <refresh token>` "
                 "(the seed's flow); /auth/refresh also takes it in the JSON body instead",
+            },
+            "refreshCookie": {
+                "type": "apiKey",
+                "in": "cookie",
+                "name": REFRESH_COOKIE,
+                "description": "Cookie mode (`TOKEND_REFRESH_COOKIE=true`): the refresh token "
+                "in tokend's HttpOnly cookie; such a request also needs an allowed `Origin` "
+                "and a non-empty `X-Tokend-CSRF` header (docs/browser.md)",
+            },
+            "dpopAuth": {
+                "type": "http",
+                "scheme": "DPoP",
+                "description": "A DPoP-bound access token (RFC 9449 section 7.1): "
+                "`Authorization: DPoP <token>` and a proof of its key in the `DPoP` header "
+                "(`htm`, `htu` = tokend's public URL, `ath` = the token's hash, `nonce` "
+                "when TOKEND_DPOP_NONCE is on). A bound token sent as Bearer is 401 "
+                "`invalid_token`.",
             },
             "clientBasic": {
                 "type": "http",

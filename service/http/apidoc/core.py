@@ -20,10 +20,27 @@ _ATTRIBUTE = "__openapi_operation__"
 _REF = "#/components"
 JSON = "application/json"
 FORM = "application/x-www-form-urlencoded"
+# A protected resource: a bearer token, or a DPoP-bound one with its proof (RFC 9449; the
+# dpopAuth scheme, described with bearerAuth: schemathesis probes an http scheme it does not
+# know with a bare value, which tokend rightly answers 400, not the 401 it expects).
 BEARER: list[dict[str, list[str]]] = [{"bearerAuth": []}]
 # RFC 6749 section 2.3: client_secret_basic (the scheme), or client_secret_post / none
 # (client_id and client_secret as form parameters), which OpenAPI cannot name as a scheme.
 OAUTH_CLIENT: list[dict[str, list[str]]] = [{"clientBasic": []}, {}]
+
+# RFC 9449 section 4: the proof header of a token request (a protected resource's proof
+# is part of the dpopAuth scheme).
+DPOP_PROOF: dict[str, Any] = {
+    "name": "DPoP",
+    "in": "header",
+    "required": False,
+    "description": "A DPoP proof (RFC 9449 section 4: a `dpop+jwt` JWS by the client's key, "
+    "with `htm`, `htu` = tokend's public URL, `iat`, `jti`, and `nonce` when "
+    "TOKEND_DPOP_NONCE is on): the tokens issued are bound to that key (`cnf.jkt`, "
+    "`token_type: DPoP`). Refused → 400 `invalid_dpop_proof`; a nonce missing → 400 "
+    "`use_dpop_nonce` with a `DPoP-Nonce` header to retry with. At most one.",
+    "schema": {"type": "string"},
+}
 
 # No control characters (Unicode category Cc), as service.passwords checks.
 PASSWORD_PATTERN = "^[^\\u0000-\\u001f\\u007f-\\u009f]*$"
@@ -44,6 +61,7 @@ PROTECTED = ("400", "401", "503")
 __all__ = [
     "BEARER",
     "BODY",
+    "DPOP_PROOF",
     "FORM",
     "JSON",
     "OAUTH_CLIENT",

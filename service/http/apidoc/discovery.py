@@ -113,6 +113,9 @@ metadata = doc(
                         "jwks_uri": {"type": "string"},
                         "grant_types_supported": _STRINGS,
                         "response_types_supported": _STRINGS,
+                        "backchannel_logout_supported": {"type": "boolean"},
+                        "backchannel_logout_session_supported": {"type": "boolean"},
+                        "dpop_signing_alg_values_supported": _STRINGS,
                     },
                     required=[
                         "issuer",

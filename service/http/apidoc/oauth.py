@@ -5,6 +5,7 @@ from __future__ import annotations
 from ...oauth import MAX_SCOPE_LENGTH
 from .core import (
     BODY,
+    DPOP_PROOF,
     EXAMPLE_ACCESS,
     EXAMPLE_PASSWORD,
     EXAMPLE_REFRESH,
@@ -78,7 +79,12 @@ token = doc(
     tag="oauth",
     operation_id="oauthToken",
     summary="Token endpoint (RFC 6749): password and refresh_token grants",
+    description="With a valid DPoP proof (RFC 9449, the `DPoP` header) the access token is "
+    "bound to its key (`cnf.jkt`, `token_type: DPoP`), and so is a public client's refresh "
+    "token, whose refresh then needs a proof by that key (400 `invalid_dpop_proof`, nothing "
+    "rotated). A client registered with `dpop_bound_access_tokens` must send a proof.",
     security=OAUTH_CLIENT,
+    parameters=[DPOP_PROOF],
     request=form_request(
         _TOKEN_FORM,
         examples={

@@ -7,14 +7,17 @@ from urllib.parse import urlsplit
 
 from ...oidc_rules import MAX_RETURN_TO
 from ...settings import Settings
+from .components import token_body_schema
 from .core import (
     BEARER,
     BODY,
+    DPOP_PROOF,
     PROTECTED,
     STORE,
     Schema,
     doc,
     error_response,
+    form_request,
     header,
     json_content,
     json_request,
@@ -165,7 +168,7 @@ callback = doc(
             "content": json_content(
                 {
                     "oneOf": [
-                        ref("schemas", "TokenBody"),
+                        lambda settings: ref("schemas", token_body_schema(settings)),
                         {
                             "type": "object",
                             "required": ["link_code", "provider"],
@@ -192,7 +195,12 @@ exchange = doc(
     operation_id="oidcExchange",
     summary="Redeem a login_code (single use, 60 s) for a token pair",
     description="The `code_verifier` must be the one whose S256 challenge started the login; "
-    "a wrong or missing one refuses and burns the code.",
+    "a wrong or missing one refuses and burns the code. In cookie mode "
+    "(`TOKEND_REFRESH_COOKIE=true`) the refresh token is set in the `__Host-tokend-refresh` "
+    "cookie instead of the body, and a request with an `Origin` that is not allowed is 403 "
+    "`forbidden`. A DPoP proof (the `DPoP` header) binds the tokens to its key, as at "
+    "/auth/login; a refused proof leaves the code unused.",
+    parameters=[DPOP_PROOF],
     request=json_request(
         _object(
             {
@@ -212,6 +220,7 @@ exchange = doc(
         },
     ),
     responses=responses(
+        "403",
         "413",
         "415",
         *STORE,
@@ -349,4 +358,48 @@ unlink = doc(
     security=BEARER,
     parameters=[_provider_to_unlink],
     responses=responses(*PROTECTED, "404", "409", s204=ref("responses", "NoContent")),
+)
+
+backchannel_logout = doc(
+    tag="oidc",
+    operation_id="oidcBackchannelLogout",
+    summary="OpenID Connect Back-Channel Logout: the provider ends a user's sessions",
+    description="Register `{TOKEND_ISSUER}/auth/oidc/{provider}/backchannel-logout` as the "
+    "client's `backchannel_logout_uri` at the provider. The logout token is checked as "
+    "section 2.6 of the spec says (signature from the provider's JWKS with an announced "
+    "algorithm, `iss`, `aud`, `iat`, `exp`, `typ` absent, `JWT` or `logout+jwt`, the "
+    "back-channel logout event, `sid` and/or `sub`, no `nonce`, a `jti` not seen before); "
+    "then the tokend sessions from that provider session (`sid`), or with `sub` alone every "
+    "tokend session of that provider account, end (`session.revoked`, reason `logout`).",
+    request=form_request(
+        {
+            "type": "object",
+            "required": ["logout_token"],
+            "additionalProperties": True,
+            "properties": {
+                "logout_token": {
+                    "type": "string",
+                    "maxLength": 16384,
+                    "description": "the provider's logout token (a signed JWT)",
+                }
+            },
+        },
+        example={"logout_token": "eyJhbGciOiJSUzI1NiIsInR5cCI6ImxvZ291dCtqd3QifQ.e30.c2ln"},
+    ),
+    parameters=[provider_param],
+    responses=responses(
+        *BODY,
+        *STORE,
+        "404",
+        "502",
+        s200={
+            "description": "The logout token was valid; its sessions have ended (the body "
+            "is empty)",
+            "headers": {"Cache-Control": header({"type": "string"}, "no-store")},
+        },
+        s400=error_response(
+            "Malformed, or a logout token that fails a check or was seen before "
+            "(`invalid_request`); nothing is revoked"
+        ),
+    ),
 )
