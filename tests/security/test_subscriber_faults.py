@@ -101,9 +101,13 @@ async def test_offline_during_a_thousand_revocations(
 
 async def test_cut_off_by_the_pubsub_output_buffer_limit(make_client, make_listener, private_redis):
     admin = aioredis.Redis.from_url(private_redis.url, decode_responses=True)
-    # below one message (an event is ~200 bytes): once replies back up, Redis drops the
-    # subscriber. Whether a subscriber that reads falls behind depends on timing, so
-    # this one stops reading (behind a proxy) until Redis has dropped it.
+    # A pub/sub output buffer limit below one message: once replies back up, Redis drops
+    # the subscriber. They back up only past the kernel's socket buffers, a few MiB on
+    # loopback, which 1,000 events of ~200 bytes fit in: a burst alone cut the subscriber
+    # off only sometimes (2 runs in 5 never, and it read them all before the drop showed).
+    # So the subscriber stops reading (behind a proxy) and one message bigger than those
+    # buffers makes Redis drop it for certain; the burst is then published while it is
+    # cut off and has not noticed yet.
     await admin.config_set("client-output-buffer-limit", "pubsub 128 128 1")
     link = TcpProxy(private_redis.port, recv_buffer=4096)
     await link.start()
@@ -123,12 +127,15 @@ async def test_cut_off_by_the_pubsub_output_buffer_limit(make_client, make_liste
             return any(c["addr"] in through_link for c in clients)
 
         assert await connected()
-        link.stall()  # a burst it cannot keep up with
-        await _logout_all_of(client, revoked)
+        channels = [c for c in await admin.pubsub_channels() if c.startswith(listener.prefix)]
+        assert channels, "the listener's channels"
+        link.stall()
+        await admin.publish(channels[0], "x" * (16 << 20))
         deadline = time.monotonic() + 10
         while await connected():  # Redis, not the proxy, dropped it
             assert time.monotonic() < deadline, "Redis never dropped the slow subscriber"
             await asyncio.sleep(0.01)
+        await _logout_all_of(client, revoked)  # a burst it does not receive
         link.flow()
 
         await eventually(lambda: listener.applied["session.revoked"] == REVOKED)
