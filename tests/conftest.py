@@ -16,7 +16,7 @@ from service.clock import Clock, FrozenClock, system_clock
 from service.keyspace import Keyspace
 from service.migrate import upgrade_async
 from service.settings import Settings
-from tests.support.http import TokendTestServer
+from tests.support.http import TokendTestServer, forget_stopped_apps
 from tests.support.redisdata import wipe
 from tests.support.servers import PrivateRedis
 from tests.support.settings import (  # noqa: F401 (REDIS_URL, TEST_KEK: still imported from here)
@@ -41,6 +41,13 @@ pytest_plugins = ["tests.support.topology"]
 # REDIS_URL) keeps a test of such a module standalone.
 
 REDIS_MODES = ("standalone", "cluster", "sentinel")
+
+
+@pytest.fixture(autouse=True)
+def _forget_stopped_apps() -> Iterator[None]:
+    """After each test, the apps it started can be collected (see forget_stopped_apps)."""
+    yield
+    forget_stopped_apps()
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:

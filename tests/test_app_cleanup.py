@@ -6,13 +6,15 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
+import weakref
 from typing import Any
 
 import redis.asyncio as aioredis
 from aiohttp.test_utils import TestClient
 
 from service.app import create_app
-from tests.support.http import TokendTestServer
+from tests.support.http import TokendTestServer, forget_stopped_apps
 from tests.support.poll import until
 from workers.main import run_workers
 
@@ -64,3 +66,19 @@ async def test_stopped_workers_leave_no_redis_connection(make_settings: Any, pri
         await until(none_left, 5, "every connection of the stopped workers closed")
     finally:
         await admin.aclose()
+
+
+async def test_a_stopped_app_is_garbage(make_settings: Any) -> None:
+    """Once stopped, an app that served requests is collected (the suite relies on it: a
+    heap of every app it ran made full collections stop the event loop for seconds)."""
+    app = create_app(make_settings())
+    client: TestClient[Any, Any] = TestClient(TokendTestServer(app))
+    await client.start_server()
+    for path in ("/readyz", "/auth/me", "/.well-known/jwks.json"):
+        await (await client.get(path)).read()
+    await client.close()
+    gone = weakref.ref(app)
+    del app, client
+    forget_stopped_apps()
+    gc.collect()
+    assert gone() is None, [type(r).__name__ for r in gc.get_referrers(gone())]

@@ -8,12 +8,28 @@ import json
 from collections.abc import Sequence
 from typing import Any
 
+import aiohttp.web_app
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
 from service.http.errors import TokendRunner
 
 PASSWORD = "correct horse battery"
+
+
+def forget_stopped_apps() -> None:
+    """Drop aiohttp's process-wide cache of middleware chains.
+
+    aiohttp keeps each (handler, apps) pair it has served in an ``lru_cache`` of 1,024
+    entries, so every app a test process starts stays alive with its Redis pools,
+    sockets and SQL engine until evicted: over the whole suite that was ~3,000 objects
+    per test, and a full garbage collection late in the run stopped the event loop for
+    2 s, long enough for a 2 s Redis connect timeout to expire. One app per process, as
+    tokend serves, never grows it. The cache is aiohttp's own (not public): if it is
+    renamed, ``test_a_stopped_app_is_garbage`` fails."""
+    cached = getattr(aiohttp.web_app, "_cached_build_middleware", None)
+    if cached is not None:
+        cached.cache_clear()
 
 
 class LoopbackApp:
