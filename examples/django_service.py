@@ -1,6 +1,8 @@
-"""The protected example service as a one-file Django project under gunicorn.
+"""The protected example service as a one-file Django project under gunicorn (WSGI) or
+uvicorn (ASGI).
 
     python examples/django_service.py
+    SERVER=uvicorn python examples/django_service.py
 
 It serves what examples/protected_service.py (aiohttp) serves, with tokend_client.django:
 GET /protected (the token's claims, or the RFC 6750 refusal), GET /healthz (200 once the
@@ -12,12 +14,14 @@ TOKEND_ISSUER, TOKEND_AUDIENCE, TOKEND_JWKS_CACHE_TTL...), which become settings
 and:
 
     PORT      default: 8081 (HOST default: 127.0.0.1)
-    WORKERS   gunicorn sync workers; default: 2
+    SERVER    gunicorn (default: sync workers, WSGI) or uvicorn (ASGI worker processes)
+    WORKERS   worker processes; default: 2
     PRELOAD   1: load the application in the master before forking (gunicorn --preload)
 
 Each worker follows the revocation events itself (tokend_client's BackgroundListener
 starts in every worker after the fork, or on its first use) and waits for the replay of
-the deny list before it takes requests. SIGTERM stops gunicorn and its workers.
+the deny list before it takes requests (under uvicorn, /healthz and every token check
+answer 503 until it has). SIGTERM stops the server and its workers.
 """
 
 from __future__ import annotations
@@ -29,6 +33,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 import django
+from asgiref.sync import iscoroutinefunction, markcoroutinefunction
 from django.conf import settings
 from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.urls import path
@@ -40,6 +45,8 @@ from tokend_client import BackgroundListener, SubscriberSettings
 from tokend_client.django import get_subscriber, health_view, tokend_required
 
 NAME = "django_service"
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+FACTORY = "examples.django_service:asgi"  # what each uvicorn worker imports
 
 
 # --- the project: settings, middleware, views, urls -------------------------------------
@@ -73,13 +80,27 @@ def configure(env: Mapping[str, str]) -> None:
 
 
 class WorkerPidMiddleware:
-    """``X-Worker-Pid`` on every response, refusals and 404s included (outermost)."""
+    """``X-Worker-Pid`` on every response, refusals and 404s included (outermost); sync
+    under WSGI, async under ASGI (no thread hop per request)."""
 
-    def __init__(self, get_response: Callable[[HttpRequest], HttpResponse]) -> None:
+    sync_capable = True
+    async_capable = True
+
+    def __init__(self, get_response: Callable[[HttpRequest], Any]) -> None:
         self.get_response = get_response
+        self._async = iscoroutinefunction(get_response)
+        if self._async:
+            markcoroutinefunction(self)
 
-    def __call__(self, request: HttpRequest) -> HttpResponse:
+    def __call__(self, request: HttpRequest) -> Any:
+        if self._async:
+            return self._acall(request)
         response = self.get_response(request)
+        response["X-Worker-Pid"] = str(os.getpid())
+        return response
+
+    async def _acall(self, request: HttpRequest) -> HttpResponse:
+        response = await self.get_response(request)
         response["X-Worker-Pid"] = str(os.getpid())
         return response
 
@@ -143,6 +164,19 @@ class Service(BaseApplication):  # type: ignore[misc]
         return application
 
 
+def asgi() -> Any:
+    """What each uvicorn worker serves: the project as an ASGI application, its listener
+    started now (every token check answers 503 until the replay is done)."""
+    from django.core.asgi import get_asgi_application
+
+    configure(os.environ)
+    application = get_asgi_application()
+    listener = get_subscriber().listener
+    if isinstance(listener, BackgroundListener):
+        listener.start()
+    return application
+
+
 def options(env: Mapping[str, str]) -> dict[str, Any]:
     """gunicorn's settings from the environment (ValueError names a bad one)."""
     try:
@@ -157,10 +191,16 @@ def options(env: Mapping[str, str]) -> dict[str, Any]:
         raise ValueError(f"WORKERS: expected a number, got {env['WORKERS']!r}") from None
     if workers < 1:
         raise ValueError(f"WORKERS: must be >= 1, got {env['WORKERS']!r}")
+    server = env.get("SERVER", "gunicorn").strip().lower() or "gunicorn"
+    if server not in ("gunicorn", "uvicorn"):
+        raise ValueError(f"SERVER: expected gunicorn or uvicorn, got {env['SERVER']!r}")
     preload = env.get("PRELOAD", "").strip().lower()
     if preload not in ("", "0", "1", "true", "false", "yes", "no", "on", "off"):
         raise ValueError(f"PRELOAD: expected 1 or 0, got {env['PRELOAD']!r}")
     return {
+        "server": server,
+        "host": env.get("HOST", "127.0.0.1"),
+        "port": port,
         "bind": f"{env.get('HOST', '127.0.0.1')}:{port}",
         "workers": workers,
         "worker_class": "sync",
@@ -174,15 +214,31 @@ def options(env: Mapping[str, str]) -> dict[str, Any]:
 
 
 def main() -> None:
-    """Run gunicorn until SIGTERM (or SIGINT)."""
+    """Run gunicorn or uvicorn until SIGTERM (or SIGINT)."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     env = dict(os.environ)
     try:
-        gunicorn_options = options(env)
+        chosen = options(env)
         SubscriberSettings.from_env(env).verifier()  # every TOKEND_* value, checked now
     except ValueError as exc:
         sys.exit(f"{NAME}: bad setting: {exc}")
-    Service(gunicorn_options, env).run()
+    if chosen.pop("server") == "gunicorn":
+        Service(chosen, env).run()
+        return
+    import uvicorn
+
+    if ROOT not in sys.path:
+        sys.path.insert(0, ROOT)  # the import string below, also in each worker
+    uvicorn.run(
+        FACTORY,
+        factory=True,
+        host=chosen["host"],
+        port=chosen["port"],
+        workers=chosen["workers"],
+        lifespan="off",  # Django answers no lifespan; the listener starts in asgi()
+        log_level="warning",
+        access_log=False,
+    )
 
 
 if __name__ == "__main__":

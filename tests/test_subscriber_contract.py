@@ -1,9 +1,10 @@
 """One contract, four subscribers: every example service as a real process, real tokend.
 
 examples/protected_service.py (aiohttp), fastapi_service.py (uvicorn), flask_service.py
-and django_service.py (gunicorn) serve the same GET /protected, /healthz and /metrics
-from the same environment. Each test runs against each of them (ids aiohttp, fastapi,
-flask, django), the multi-process ones with two workers: every request goes on a
+and django_service.py (gunicorn, and as ASGI under uvicorn) serve the same GET
+/protected, /healthz and /metrics from the same environment. Each test runs against each
+of them (ids aiohttp, fastapi, flask, django, django-asgi), the multi-process ones with
+two workers: every request goes on a
 connection of its own and ``X-Worker-Pid`` says which worker answered, so "refused"
 means refused by every worker process (tests/support/services.py).
 

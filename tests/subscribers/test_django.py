@@ -538,3 +538,15 @@ async def test_the_async_path_does_not_block_the_event_loop(tokend, configure) -
     assert resp.status_code == 503
     assert waited >= 0.9  # it did wait for the replay...
     assert max(gaps) < 0.5  # ...without holding the loop
+
+
+async def test_the_example_refuses_an_unknown_server_in_one_line() -> None:
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, str(EXAMPLE), env={**os.environ, "SERVER": "waitress"}, cwd=str(ROOT),
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    _, err = await asyncio.wait_for(proc.communicate(), 30)
+    assert proc.returncode == 1
+    assert err.decode() == (
+        "django_service: bad setting: SERVER: expected gunicorn or uvicorn, got 'waitress'\n"
+    )

@@ -43,15 +43,18 @@ PID_HEADER = "X-Worker-Pid"
 @dataclass(frozen=True)
 class ServiceSpec:
     """One example service: its script, how many worker processes it is run with (env
-    ``WORKERS``) and whether every response must carry ``X-Worker-Pid``."""
+    ``WORKERS``), whether every response must carry ``X-Worker-Pid``, and the server it
+    runs under when the script offers a choice (env ``SERVER``)."""
 
     name: str
     script: Path
     workers: int
     pid_header: bool
+    server: str | None = None
 
     def env(self) -> dict[str, str]:
-        return {"WORKERS": str(self.workers)} if self.pid_header else {}
+        env = {"WORKERS": str(self.workers)} if self.pid_header else {}
+        return env | ({"SERVER": self.server} if self.server else {})
 
 
 SERVICES: dict[str, ServiceSpec] = {
@@ -60,6 +63,8 @@ SERVICES: dict[str, ServiceSpec] = {
     "fastapi": ServiceSpec("fastapi", EXAMPLES / "fastapi_service.py", 2, True),
     "flask": ServiceSpec("flask", EXAMPLES / "flask_service.py", 2, True),
     "django": ServiceSpec("django", EXAMPLES / "django_service.py", 2, True),
+    # the same Django project as ASGI, async middleware, under uvicorn's worker processes
+    "django-asgi": ServiceSpec("django-asgi", EXAMPLES / "django_service.py", 2, True, "uvicorn"),
 }
 
 
