@@ -533,6 +533,64 @@ async def test_an_endpoint_gets_only_its_event_types_and_passes_the_others(
         await worker.stop()
 
 
+class PollingWorker:
+    """A WebhookWorker with its own idle poll interval, running in this process."""
+
+    def __init__(self, settings: Settings, poll_interval: float) -> None:
+        self.redis = make_redis(settings.redis, pool_size=8, pool_timeout=5.0)
+        self.worker = WebhookWorker(
+            redis=self.redis, settings=settings, poll_interval=poll_interval
+        )
+        self.task = asyncio.create_task(self.worker.run())
+
+    async def stop(self) -> None:
+        await self.worker.close()
+        await asyncio.wait_for(self.task, 15)
+        await close_redis(self.redis)
+
+
+@pytest.mark.redis_modes()  # cluster: subscribed at one node, published at another
+async def test_an_idle_deliverer_is_woken_by_the_event_not_by_its_poll(
+    receiver: Receiver, make_settings: Callable[..., Settings], emit_revocation: Any
+) -> None:
+    settings = make_settings(TOKEND_WEBHOOKS=hooks(("prompt", receiver.url)))
+    worker = PollingWorker(settings, poll_interval=30)
+    try:
+        await wait_positions(settings, "prompt")
+        await until(lambda: worker.worker.wakeups.subscriptions >= 1, 10, "the subscription")
+        # Idle, each pair's wait doubles from 0.05 s: after 6.5 s it is in a wait of 6.4 s
+        # that began at 6.35 s. A deliverer that only polled would send the event at
+        # 12.75 s, six seconds after it was written; the bound below is a third of that.
+        await asyncio.sleep(6.5)
+        written = time.time()
+        await emit_revocation("session.revoked", sub="u-prompt", sid="s-prompt")
+        await until(lambda: len(receiver.received) == 1, 20, "the event")
+        delay = receiver.received[0][2] - written
+        assert delay < 2.0, f"sent {delay:.2f}s after it was written: not woken"
+        assert worker.worker.wakeups.messages >= 1
+    finally:
+        await worker.stop()
+
+
+async def test_an_event_whose_wake_up_is_missed_is_sent_at_the_next_poll(
+    receiver: Receiver, make_settings: Callable[..., Settings], redis_client: Any
+) -> None:
+    settings = make_settings(TOKEND_WEBHOOKS=hooks(("backstop", receiver.url)))
+    worker = PollingWorker(settings, poll_interval=0.5)
+    try:
+        await wait_positions(settings, "backstop")
+        now = time.time()
+        event = {"type": "session.revoked", "sub": "u-quiet", "sid": "s-quiet", "jti": None,
+                 "reason": "test", "at": now, "until": now + 960, "v": 1}  # fmt: skip
+        part = Keyspace(settings.redis_prefix, settings.redis_partitions).of("u-quiet")
+        # appended without its PUBLISH: no wake-up comes
+        await redis_client.xadd(part.events, {"event": json.dumps(event)})
+        await until(lambda: len(receiver.received) == 1, 20, "the event, by the poll")
+        assert receiver.received[0][1]["sid"] == "s-quiet"
+    finally:
+        await worker.stop()
+
+
 # -- `tokend work` processes --------------------------------------------------------------
 
 

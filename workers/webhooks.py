@@ -30,6 +30,7 @@ from service.retention import REFRESH, advertise
 from service.settings import Settings
 
 from .metrics import WorkerMetrics
+from .wakeup import ChannelWake
 from .webhooks_store import Target, WebhookStore, WebhookTarget, message_id
 
 log = logging.getLogger("tokend.webhooks")
@@ -64,6 +65,7 @@ class _Pair:
         self.endpoint = endpoint
         self.part = part
         self.token = f"{worker.instance}:{endpoint.id}:{part.index}"
+        self.woken = worker.wakeups.event(part.index)  # set when the partition publishes
 
     async def run(self) -> None:
         w = self.w
@@ -73,10 +75,12 @@ class _Pair:
                 if not await w.store.hold(self.part, self.endpoint.id, self.token, w.lease_ms):
                     await w.sleep(w.lease_ms / 3000)
                     continue
+                self.woken.clear()  # before reading: a publication during the batch counts
                 handled = await self.batch()
                 idle = 0.05 if handled else min(idle * 2, w.poll_interval)
                 if not handled:
-                    await w.sleep(idle)
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(self.woken.wait(), idle)
             except _Stopped:
                 continue
             except (RedisError, RedisClusterException, OSError) as exc:
@@ -187,7 +191,7 @@ class WebhookWorker:
         redis: aioredis.Redis,
         settings: Settings,
         metrics: WorkerMetrics | None = None,
-        poll_interval: float = 0.25,
+        poll_interval: float = 1.0,
         targets: Sequence[Target] | None = None,
     ) -> None:
         self.redis = redis
@@ -200,6 +204,8 @@ class WebhookWorker:
         )
         self.keys = Keyspace(settings.redis_prefix, settings.redis_partitions)
         self.store = WebhookStore(redis, self.keys)
+        # an idle pair is woken by its partition's channel; the poll is the backstop
+        self.wakeups = ChannelWake(settings.redis, self.keys.all)
         self.metrics = metrics or WorkerMetrics()
         self.max_attempts = settings.webhook_max_attempts
         self.timeout = settings.webhook_timeout
@@ -222,6 +228,7 @@ class WebhookWorker:
     def _start(self) -> None:
         if self.stopping.is_set():
             return
+        self.wakeups.start()
         if not self.http:
             # A session per endpoint: a receiver holding its connections never starves another.
             self.http = {
@@ -274,6 +281,7 @@ class WebhookWorker:
     async def close(self) -> None:
         """Stop: an attempt in flight finishes (bounded by the timeout), leases are released."""
         self.stopping.set()
+        await self.wakeups.close()  # wakes the idle pairs, which see stopping
         if self._tasks:
             _, pending = await asyncio.wait(self._tasks, timeout=self.timeout + 2)
             for task in pending:
