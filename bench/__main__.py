@@ -4,7 +4,8 @@
     .venv/bin/python -m bench all --rounds 3 --out bench/RESULTS.md
 
 Subcommands: refresh, login, verify, revocation, sweep, memory, profile, all (and
-subscribers, dpop: the subscriber integrations, bench/subscribers.py and bench/dpop.py).
+subscribers, dpop: the subscriber integrations, bench/subscribers.py and bench/dpop.py;
+webhooks: delivery latency, bench/webhooks.py).
 The report is markdown on stdout (progress on stderr); targets are printed next to the figures,
 never asserted. Needs wrk and the Redis at $TOKEND_REDIS_URL (default 127.0.0.1:6379).
 
@@ -40,7 +41,10 @@ def _parser() -> argparse.ArgumentParser:
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("what", choices=(*SECTIONS, "all", *TOPOLOGY, "topology", "subscribers", "dpop"))
+    p.add_argument(
+        "what",
+        choices=(*SECTIONS, "all", *TOPOLOGY, "topology", "subscribers", "dpop", "webhooks"),
+    )
     p.add_argument("--rounds", type=int, default=3, help="interleaved rounds (default 3)")
     p.add_argument("--duration", type=float, default=10, help="seconds per load run")
     p.add_argument(
@@ -87,6 +91,10 @@ def _run(args: argparse.Namespace, name: str) -> Section:
         from bench import dpop
 
         return dpop.dpop_section(args.quick)
+    if name == "webhooks":  # bench/webhooks.py: delivery latency, woken vs poll only
+        from bench import webhooks
+
+        return webhooks.webhooks_section(args.quick)
     chosen = [c for c in contenders.ALL if c.key in args.contenders.split(",")]
     if name in ("verify", "revocation") and (skip := subscriber.example_missing()):
         return skip

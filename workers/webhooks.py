@@ -193,6 +193,7 @@ class WebhookWorker:
         metrics: WorkerMetrics | None = None,
         poll_interval: float = 1.0,
         targets: Sequence[Target] | None = None,
+        wake: bool = True,
     ) -> None:
         self.redis = redis
         # the endpoints of every kind (default: TOKEND_WEBHOOKS; workers/backchannel.py
@@ -205,7 +206,9 @@ class WebhookWorker:
         self.keys = Keyspace(settings.redis_prefix, settings.redis_partitions)
         self.store = WebhookStore(redis, self.keys)
         # an idle pair is woken by its partition's channel; the poll is the backstop
+        # (wake=False: poll only, the benchmark's baseline)
         self.wakeups = ChannelWake(settings.redis, self.keys.all)
+        self.wake = wake
         self.metrics = metrics or WorkerMetrics()
         self.max_attempts = settings.webhook_max_attempts
         self.timeout = settings.webhook_timeout
@@ -228,7 +231,8 @@ class WebhookWorker:
     def _start(self) -> None:
         if self.stopping.is_set():
             return
-        self.wakeups.start()
+        if self.wake:
+            self.wakeups.start()
         if not self.http:
             # A session per endpoint: a receiver holding its connections never starves another.
             self.http = {
