@@ -72,6 +72,9 @@ class ChannelWake:
                 await self._follow()
             except (RedisError, RedisClusterException, OSError) as exc:
                 log.info("webhook wake-ups: %r; polling only, subscribing again", exc)
+            except Exception as exc:  # redis-py mid-failover: AttributeError, RuntimeError
+                # only a shortcut: whatever breaks it, the deliverers still poll
+                log.warning("webhook wake-ups failed: %r; subscribing again", exc, exc_info=True)
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._closing.wait(), RECONNECT)
 
